@@ -1,0 +1,67 @@
+"""scikit-learn's handwritten digits (8x8 grey, 10 classes): real data that loads offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcbench_tesla.data.dataset import Dataset
+
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+def split_indices(
+    labels: np.ndarray, *, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split: ``(train_idx, test_idx)``, each sorted ascending.
+
+    One ``torch.Generator`` seeded with ``seed`` draws, class by class in increasing label order,
+    a permutation of that class's indices; the first ``round(test_fraction * n_class)`` go to test.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        perm = torch.randperm(len(idx), generator=generator).numpy()
+        n_test = int(round(test_fraction * len(idx)))
+        test.append(idx[perm[:n_test]])
+        train.append(idx[perm[n_test:]])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_digits(root: Path | None = None, *, zca: bool = False, cache_dir: Path | None = None) -> Dataset:
+    """Load scikit-learn's ``load_digits`` (1,797 images, 8x8, values 0..16) as a :class:`Dataset`.
+
+    Pixels are scaled to [0, 1] by dividing by 16. The split is stratified and fixed (see
+    :func:`split_indices`: seed 0, 20% of each class to test, i.e. 1,438 train / 359 test images).
+    Normalised with ``DIGITS_MEAN``/``DIGITS_STD``, or ZCA-whitened when ``zca``.
+
+    Args:
+        root: Ignored (the data ships inside scikit-learn).
+        zca: Whiten with ZCA fitted on the training split instead of mean/std.
+        cache_dir: Cache root for the fitted ZCA state (default: ``default_cache_dir()``).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from dcbench_tesla.data import DATASETS, default_cache_dir
+    from dcbench_tesla.data._build import build_dataset
+
+    bunch = sk_load_digits()
+    images = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None, :, :]
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    train_idx, test_idx = split_indices(labels)
+    return build_dataset(
+        DATASETS.get("digits"),
+        train_images=images[train_idx],
+        train_labels=labels[train_idx],
+        test_images=images[test_idx],
+        test_labels=labels[test_idx],
+        classes=[str(i) for i in range(10)],
+        zca=zca,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        source="scikit-learn load_digits",
+    )

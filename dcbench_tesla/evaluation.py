@@ -1,0 +1,231 @@
+"""The evaluation protocol of the MTT and TESLA papers, as a registered object.
+
+Train K fresh randomly initialised networks on a set of images: SGD (momentum 0.9,
+weight decay 5e-4), batch 256, ``epochs`` epochs with the lr decayed x0.1 at half-way,
+DSA augmentation on training batches, none at test. Report mean and (population)
+standard deviation of the final test accuracy. Never selects on the test set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from dcbench_tesla.data import Dataset
+from dcbench_tesla.data.augment import DSA
+from dcbench_tesla.models import build_model
+from dcbench_tesla.registry import Registry
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """Settings of the evaluation protocol.
+
+    Attributes:
+        name: Registry name.
+        num_models: K, fresh models per architecture.
+        epochs: Training epochs per model (the papers use 1000).
+        batch_size: Training batch size.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        fixed_lr: Learning rate when the set carries no learned lr.
+        decay_at: Fraction of training after which the lr is multiplied by 0.1.
+        dsa_strategy: DSA families applied to training batches ("none" for no augmentation).
+        test_batch_size: Batch size at test time.
+        description: One line for ``dcbench ls``.
+    """
+
+    name: str = "paper"
+    num_models: int = 5
+    epochs: int = 1000
+    batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    fixed_lr: float = 0.01
+    decay_at: float = 0.5
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    test_batch_size: int = 1024
+    description: str = ""
+
+    def replace(self, **changes: Any) -> EvaluationProtocol:
+        """A copy with ``changes`` (None values ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PROTOCOLS: Registry[EvaluationProtocol] = Registry("evaluation protocol")
+PROTOCOLS.register(
+    "paper",
+    EvaluationProtocol(
+        name="paper",
+        description="MTT/TESLA papers: K=5 models, 1000 epochs, SGD 0.9/5e-4, batch 256, DSA, lr decay at half",
+    ),
+)
+PROTOCOLS.register(
+    "short",
+    EvaluationProtocol(
+        name="short",
+        epochs=300,
+        description="as 'paper' with 300 epochs: for the 8x8 embedded digits on a CPU (converged well before 300)",
+    ),
+)
+
+
+@dataclass
+class ArchitectureResult:
+    """Accuracies of K models of one architecture."""
+
+    model: str
+    accuracies: list[float]
+    lr: float
+
+    @property
+    def mean(self) -> float:
+        """Mean test accuracy (fraction)."""
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the test accuracy (as upstream's np.std)."""
+        return float(np.std(self.accuracies))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary."""
+        return {"model": self.model, "lr": self.lr, "accuracies": self.accuracies, "mean": self.mean, "std": self.std}
+
+
+@dataclass
+class EvaluationResult:
+    """Results of one protocol over one or more architectures."""
+
+    protocol: EvaluationProtocol
+    seed: int
+    by_model: dict[str, ArchitectureResult] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary."""
+        return {
+            "protocol": dataclasses.asdict(self.protocol),
+            "seed": self.seed,
+            "by_model": {name: r.to_dict() for name, r in self.by_model.items()},
+        }
+
+
+def format_accuracy(result: ArchitectureResult) -> str:
+    """``"85.31 ± 1.20"`` in percent."""
+    return f"{100 * result.mean:.2f} ± {100 * result.std:.2f}"
+
+
+def _model_seed(seed: int, model_index: int) -> int:
+    return (seed * 1_000_003 + model_index * 7919) % (2**31)
+
+
+def train_and_test(
+    model_name: str,
+    images: Tensor,
+    labels: Tensor,
+    dataset: Dataset,
+    lr: float,
+    protocol: EvaluationProtocol,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+) -> float:
+    """Train one fresh model on ``images``/``labels``; return its final test accuracy.
+
+    Args:
+        model_name: Model registry name.
+        images: (N, C, H, W) model inputs.
+        labels: (N,) class indices or (N, K) probabilities (soft labels).
+        dataset: Supplies the test split and the class count.
+        lr: Initial learning rate.
+        protocol: Evaluation settings.
+        seed: Seeds model initialisation, batch order and augmentation.
+        device: Where to train.
+        progress: Show an epoch progress bar.
+    """
+    c, h, _ = dataset.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(model_name, channels=c, num_classes=dataset.num_classes, image_size=h).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    augment = DSA(protocol.dsa_strategy)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    decay_epoch = math.floor(protocol.epochs * protocol.decay_at)
+    images, labels = images.to(device), labels.to(device)
+    model.train()
+    for epoch in tqdm(range(protocol.epochs), desc=f"train {model_name}", leave=False, disable=not progress):
+        if epoch == decay_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+        order = torch.randperm(images.shape[0], generator=generator).to(device)
+        for start in range(0, images.shape[0], protocol.batch_size):
+            index = order[start : start + protocol.batch_size]
+            batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            logits = model(augment(images[index], seed=batch_seed))
+            loss = F.cross_entropy(logits, labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return test_accuracy(model, dataset, protocol.test_batch_size, device)
+
+
+@torch.no_grad()
+def test_accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float:
+    """Fraction of the test split ``model`` classifies correctly (eval mode, no augmentation)."""
+    model.eval()
+    correct = 0
+    for start in range(0, dataset.test_images.shape[0], batch_size):
+        x = dataset.test_images[start : start + batch_size].to(device)
+        y = dataset.test_labels[start : start + batch_size].to(device)
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct / max(1, dataset.test_images.shape[0])
+
+
+def evaluate_images(
+    images: Tensor,
+    labels: Tensor,
+    dataset: Dataset,
+    models: list[str],
+    lr: float,
+    protocol: EvaluationProtocol,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+    label: str = "evaluate",
+) -> EvaluationResult:
+    """Train ``protocol.num_models`` fresh models of each architecture and test them."""
+    result = EvaluationResult(protocol=protocol, seed=seed)
+    total = len(models) * protocol.num_models
+    bar = tqdm(total=total, desc=label, disable=not progress, leave=False)
+    for model_name in models:
+        accuracies = []
+        for k in range(protocol.num_models):
+            acc = train_and_test(model_name, images, labels, dataset, lr, protocol, _model_seed(seed, k), device)
+            accuracies.append(acc)
+            bar.update(1)
+        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=accuracies, lr=lr)
+    bar.close()
+    return result
+
+
+def random_real_subset(dataset: Dataset, ipc: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``ipc`` random real training images per class, drawn from ``seed``.
+
+    Returns:
+        images (num_classes * ipc, C, H, W) and labels (num_classes * ipc,), class-major.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for label in range(dataset.num_classes):
+        pool = dataset.indices_of_class(label)
+        picked.append(pool[torch.randperm(pool.numel(), generator=generator)[:ipc]])
+    index = torch.cat(picked)
+    return dataset.train_images[index].clone(), dataset.train_labels[index].clone()

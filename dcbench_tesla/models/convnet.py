@@ -1,0 +1,187 @@
+"""ConvNet of the dataset-distillation literature: depth x [conv3x3 -> norm -> act -> pool] -> linear.
+
+ConvNet-3 at 32x32 with width 128 and instance norm has 320,010 parameters for 10 classes;
+ConvNet-4 at 64x64 for ImageNet-1K has 2,496,360. The norm and activation helpers here are
+shared by the other models of this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
+ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "tanh", "softplus", "gelu")
+POOLS = ("avgpool", "maxpool", "none")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """Normalisation layer for ``channels`` feature maps.
+
+    Args:
+        norm: ``"instancenorm"`` (GroupNorm(C, C), affine), ``"batchnorm"``,
+            ``"layernorm"`` (GroupNorm(1, C), affine) or ``"none"``.
+        channels: Number of channels.
+
+    Raises:
+        ValueError: On an unknown name.
+
+    """
+    if norm == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if norm == "batchnorm":
+        return nn.BatchNorm2d(channels, affine=True)
+    if norm == "layernorm":
+        return nn.GroupNorm(1, channels, affine=True)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
+
+
+def make_activation(act: str) -> nn.Module:
+    """Activation module; ``"softplus"``, ``"tanh"``, ``"gelu"`` and ``"sigmoid"`` are smooth.
+
+    Raises:
+        ValueError: On an unknown name.
+
+    """
+    factories: dict[str, type[nn.Module]] = {
+        "relu": nn.ReLU,
+        "leakyrelu": nn.LeakyReLU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "softplus": nn.Softplus,
+        "gelu": nn.GELU,
+    }
+    if act not in factories:
+        raise ValueError(f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
+    return factories[act]()
+
+
+def _make_pool(pool: str) -> nn.Module:
+    if pool == "avgpool":
+        return nn.AvgPool2d(kernel_size=2, stride=2)
+    if pool == "maxpool":
+        return nn.MaxPool2d(kernel_size=2, stride=2)
+    if pool == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+
+
+class ConvNet(nn.Module):
+    """``depth`` x [conv3x3 pad 1 -> norm -> act -> pool 2x2] -> flatten -> linear.
+
+    Args:
+        channels: Input channels.
+        num_classes: Number of output logits.
+        image_size: Input height and width (square images).
+        width: Channels of every conv layer.
+        depth: Number of conv blocks.
+        norm: See :func:`make_norm`.
+        act: See :func:`make_activation`.
+        pool: ``"avgpool"``, ``"maxpool"`` or ``"none"``.
+
+    Raises:
+        ValueError: On unknown options.
+
+    On images too small for ``depth`` pools, a pool that would leave a later block 1x1 maps
+    is skipped (ConvNet-4 on 8x8 pools 8 -> 4 -> 2 -> 2 -> 1); sizes that allow every pool
+    (ConvNet-3 at 8 or 32, ConvNet-4 at 64) are unchanged.
+
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        image_size: int,
+        width: int = 128,
+        depth: int = 3,
+        norm: str = "instancenorm",
+        act: str = "relu",
+        pool: str = "avgpool",
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"ConvNet depth must be >= 1, got {depth}")
+        layers: list[nn.Module] = []
+        size = image_size
+        in_channels = channels
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
+        for block in range(depth):
+            layers += [
+                nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
+                make_norm(norm, width),
+                make_activation(act),
+            ]
+            # A pool that would hand 1x1 maps to a later block is skipped: instance norm of a
+            # 1x1 map is a constant, which would cut the output off from the input.
+            last = block == depth - 1
+            if pool != "none" and size >= 2 and (last or size // 2 >= 2):
+                layers.append(_make_pool(pool))
+                size //= 2
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.embed_dim = width * size * size
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Flattened features before the classifier, shape (B, ``embed_dim``)."""
+        return torch.flatten(self.features(x), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits, shape (B, num_classes)."""
+        return self.classifier(self.embed(x))
+
+
+def build_convnet(
+    channels: int, num_classes: int, image_size: int, depth: int | None = None, **kwargs: Any
+) -> ConvNet:
+    """ConvNet whose depth defaults to 3 for images up to 32x32 and 4 above.
+
+    Args:
+        channels: Input channels.
+        num_classes: Number of output logits.
+        image_size: Input height and width.
+        depth: Number of conv blocks; ``None`` picks it from ``image_size``.
+        **kwargs: ``width``, ``norm``, ``act``, ``pool`` (see :class:`ConvNet`).
+
+    """
+    if depth is None:
+        depth = 3 if image_size <= 32 else 4
+    return ConvNet(channels, num_classes, image_size, depth=depth, **kwargs)
+
+
+def _fixed_depth(name: str, depth: int, kwargs: dict[str, Any]) -> None:
+    if "depth" in kwargs and kwargs.pop("depth") not in (None, depth):
+        raise ValueError(f"{name} has depth {depth}; use 'convnet' with depth=... for another depth")
+
+
+def build_convnet3(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> ConvNet:
+    """ConvNet-3 (CIFAR-sized images); see :class:`ConvNet` for ``kwargs``."""
+    _fixed_depth("convnet3", 3, kwargs)
+    return ConvNet(channels, num_classes, image_size, depth=3, **kwargs)
+
+
+def build_convnet4(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> ConvNet:
+    """ConvNet-4 (64x64 images: Tiny ImageNet, ImageNet-1K); see :class:`ConvNet` for ``kwargs``."""
+    _fixed_depth("convnet4", 4, kwargs)
+    return ConvNet(channels, num_classes, image_size, depth=4, **kwargs)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "POOLS",
+    "ConvNet",
+    "build_convnet",
+    "build_convnet3",
+    "build_convnet4",
+    "make_activation",
+    "make_norm",
+]

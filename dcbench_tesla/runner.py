@@ -1,0 +1,284 @@
+"""The run loop: resolve the config, distil, save, evaluate, write the result record.
+
+The loop never branches on the method. A run directory holds ``config.json`` (the
+resolved configuration and where each part came from), ``metrics.jsonl`` (one JSON
+line per iteration), ``synthetic_set.safetensors`` and ``result.json`` (see
+:data:`RESULT_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dcbench_tesla.config import build_options, read_config_file
+from dcbench_tesla.data import DATASETS, Dataset, load_dataset
+from dcbench_tesla.distiller import RunContext, check_ipc
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.evaluation import (
+    PROTOCOLS,
+    EvaluationProtocol,
+    EvaluationResult,
+    evaluate_images,
+    format_accuracy,
+    random_real_subset,
+)
+from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
+from dcbench_tesla.method import MethodSpec, distiller_class, make, spec
+from dcbench_tesla.models import MODELS
+from dcbench_tesla.provenance import provenance
+from dcbench_tesla.synthetic import SyntheticSet
+from dcbench_tesla.wrappers import IterationLimit, MetricsLog, ProgressBar
+
+RESULT_SCHEMA_VERSION = 1
+
+#: The keys of ``result.json``; documented here once and checked by the tests.
+RESULT_SCHEMA: dict[str, str] = {
+    "schema_version": "int, version of this schema",
+    "method": "the MethodSpec as a dict",
+    "dataset": "dataset name",
+    "ipc": "images per class",
+    "seed": "the run's seed (distillation, baseline draw and evaluation models derive from it)",
+    "config": "resolved method options, run options and the source of each layer",
+    "iterations": "outer iterations done",
+    "evaluation": "protocol, seed and per-model accuracies, mean and std (fractions)",
+    "baseline": "the random real subset of the same IPC under the same protocol (null for method random)",
+    "whole_dataset": "the whole training set under the protocol, if asked for (else null)",
+    "reference_accuracy": "the paper's published accuracy for this dataset and IPC, if any (percent)",
+    "synthetic_set": "path of the synthetic-set file, relative to the run directory",
+    "provenance": "versions, device, threads, command, git revision",
+}
+
+RUN_FILES = ("config.json", "metrics.jsonl", "synthetic_set.safetensors", "result.json")
+
+
+@dataclass
+class RunRequest:
+    """Everything ``dcbench run`` asks for. None means "use the default"."""
+
+    method: str
+    dataset: str = "digits"
+    ipc: int = 10
+    seed: int = 0
+    output: Path | None = None
+    overwrite: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None
+    iterations: int | None = None
+    zca: bool | None = None
+    data_root: Path | None = None
+    eval_models: list[str] | None = None
+    protocol: str | None = None
+    num_eval_models: int | None = None
+    eval_epochs: int | None = None
+    eval_lr: float | None = None
+    baseline: bool = True
+    whole_dataset: bool = False
+    device: str | None = None
+    threads: int | None = None
+    progress: bool = True
+    cache_dir: Path | None = None
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``cuda`` when present, else ``cpu``; an explicit unavailable device is a UserError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a torch device (use cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def default_output(request: RunRequest) -> Path:
+    """``runs/<method>-<dataset>-ipc<ipc>-seed<seed>``."""
+    return Path("runs") / f"{request.method}-{request.dataset}-ipc{request.ipc}-seed{request.seed}"
+
+
+def prepare_output(path: Path, overwrite: bool) -> Path:
+    """Check the run directory can be used; refuse an existing run unless ``overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output {str(path)!r} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(
+            f"run directory {str(path)!r} already holds files; pass --overwrite to replace them, "
+            "or choose another --output"
+        )
+    return path
+
+
+def resolve_method_options(request: RunRequest, method_spec: MethodSpec) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """Merge option layers (defaults < card < config file < flags).
+
+    Returns:
+        The merged option overrides, a description of the layers, and whether to use ZCA.
+    """
+    card = method_spec.card_for(request.dataset, request.ipc)
+    file_options = read_config_file(request.config_file) if request.config_file else {}
+    flag_options = dict(request.options)
+    if request.iterations is not None:
+        flag_options["iterations"] = request.iterations
+    merged = {**method_spec.kwargs, **(card.options if card else {}), **file_options, **flag_options}
+    zca = request.zca if request.zca is not None else bool(card.zca) if card and card.zca is not None else False
+    layers = {
+        "spec_defaults": method_spec.kwargs,
+        "config_card": {"options": card.options, "zca": card.zca, "source": card.source} if card else None,
+        "config_file": {"path": str(request.config_file), "options": file_options} if request.config_file else None,
+        "flags": flag_options,
+    }
+    return merged, layers, zca
+
+
+def resolve_protocol(request: RunRequest, dataset_name: str) -> EvaluationProtocol:
+    """The named protocol (default: "short" on digits, "paper" elsewhere) with flag overrides."""
+    name = request.protocol or ("short" if dataset_name == "digits" else "paper")
+    protocol = PROTOCOLS.get(name)
+    if request.num_eval_models is not None and request.num_eval_models < 1:
+        raise UserError("--num-eval must be at least 1")
+    if request.eval_epochs is not None and request.eval_epochs < 1:
+        raise UserError("--eval-epochs must be at least 1")
+    return protocol.replace(num_models=request.num_eval_models, epochs=request.eval_epochs)
+
+
+def evaluation_lr(method_spec: MethodSpec, syn: SyntheticSet, override: float | None, protocol: EvaluationProtocol) -> float:
+    """The lr the protocol trains with: the flag, else the learned lr, else the method's fixed lr."""
+    if override is not None:
+        if not override > 0:
+            raise UserError(f"--eval-lr must be positive, got {override}")
+        return float(override)
+    if method_spec.eval_lr == "learned" and syn.lr is not None:
+        return float(syn.lr)
+    if isinstance(method_spec.eval_lr, (int, float)):
+        return float(method_spec.eval_lr)
+    return protocol.fixed_lr
+
+
+def check_models(names: list[str]) -> list[str]:
+    """Check every evaluation model is registered (UserError with suggestions)."""
+    for name in names:
+        MODELS.get(name)
+    return names
+
+
+def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Reset and step the wrapped distiller until its iteration limit; return it and the last info."""
+    env = MetricsLog(distiller, run_dir / "metrics.jsonl")
+    env = ProgressBar(env, total=distiller.iterations, enabled=request.progress, desc=f"distil {request.method}")
+    env = IterationLimit(env, distiller.iterations)
+    info = env.reset(dataset, request.ipc, request.seed)
+    while not env.finished:
+        info = env.step()
+    return env, info
+
+
+def run(request: RunRequest) -> dict[str, Any]:
+    """Run one method on one dataset and IPC; write the run directory; return the result record."""
+    if request.threads is not None:
+        if request.threads < 1:
+            raise UserError("--threads must be at least 1")
+        torch.set_num_threads(request.threads)
+    device = resolve_device(request.device)
+    method_spec = spec(request.method)
+    DATASETS.get(request.dataset)
+    if request.ipc < 1:
+        raise UserError(f"--ipc must be at least 1, got {request.ipc}")
+    options, layers, zca = resolve_method_options(request, method_spec)
+    build_options(distiller_class(method_spec).Config, options, owner=f"method {request.method!r}")
+    protocol = resolve_protocol(request, request.dataset)
+    dataset_spec = DATASETS.get(request.dataset)
+    models = check_models(request.eval_models or [dataset_spec.default_model])
+    run_dir = prepare_output(Path(request.output or default_output(request)), request.overwrite)
+    if method_spec.config_cards and method_spec.card_for(request.dataset, request.ipc) is None:
+        print(f"notice: no config card for {request.method} on {request.dataset} at IPC {request.ipc}; using its defaults")
+
+    dataset = load_dataset(request.dataset, request.data_root, zca=zca, cache_dir=request.cache_dir)
+    check_ipc(dataset, request.ipc)
+    ensure_writable_dir(run_dir)
+    for name in RUN_FILES:
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+
+    context = RunContext(device=device, progress=request.progress, **({"cache_dir": request.cache_dir} if request.cache_dir else {}))
+    distiller = make(request.method, context, **options)
+    config_record = {
+        "method": request.method,
+        "dataset": request.dataset,
+        "ipc": request.ipc,
+        "seed": request.seed,
+        "zca": zca,
+        "options": distiller.options_dict(),
+        "layers": layers,
+        "evaluation": {"protocol": dataclasses.asdict(protocol), "models": models},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    write_json_atomic(run_dir / "config.json", config_record)
+    try:
+        env, _ = distil(distiller, dataset, request, run_dir)
+        syn = env.synthetic_set()
+    finally:
+        distiller.close()
+    syn.config = config_record
+    syn.extra = {"versions": provenance(device)["versions"]}
+    syn.save(run_dir / "synthetic_set.safetensors")
+
+    lr = evaluation_lr(method_spec, syn, request.eval_lr, protocol)
+    evaluation = evaluate_images(syn.images, syn.labels, dataset, models, lr, protocol, request.seed, device, request.progress, "evaluate")
+    baseline = None
+    if request.baseline and request.method != "random":
+        images, labels = random_real_subset(dataset, request.ipc, request.seed)
+        baseline = evaluate_images(images, labels, dataset, models, lr, protocol, request.seed, device, request.progress, "baseline")
+    whole = None
+    if request.whole_dataset:
+        whole = evaluate_images(
+            dataset.train_images, dataset.train_labels, dataset, models, protocol.fixed_lr, protocol, request.seed, device, request.progress, "whole dataset"
+        )
+    record = {
+        "schema_version": RESULT_SCHEMA_VERSION,
+        "method": method_spec.to_dict(),
+        "dataset": request.dataset,
+        "ipc": request.ipc,
+        "seed": request.seed,
+        "config": config_record,
+        "iterations": syn.iteration,
+        "evaluation": evaluation.to_dict(),
+        "baseline": baseline.to_dict() if baseline else None,
+        "whole_dataset": whole.to_dict() if whole else None,
+        "reference_accuracy": method_spec.reference_accuracy.get(request.dataset, {}).get(request.ipc),
+        "synthetic_set": "synthetic_set.safetensors",
+        "provenance": provenance(device),
+    }
+    write_json_atomic(run_dir / "result.json", record)
+    print(summary(request, evaluation, baseline, whole, run_dir))
+    return record
+
+
+def summary(
+    request: RunRequest,
+    evaluation: EvaluationResult,
+    baseline: EvaluationResult | None,
+    whole: EvaluationResult | None,
+    run_dir: Path,
+) -> str:
+    """The lines ``dcbench run`` prints at the end."""
+    protocol = evaluation.protocol
+    lines = [
+        f"{request.method} on {request.dataset}, IPC {request.ipc}, seed {request.seed} "
+        f"({protocol.num_models} models x {protocol.epochs} epochs, protocol {protocol.name!r})",
+    ]
+    for name, result in evaluation.by_model.items():
+        line = f"  {name}: test accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
+        if baseline is not None:
+            line += f"   random real subset: {format_accuracy(baseline.by_model[name])} %"
+        if whole is not None:
+            line += f"   whole dataset: {format_accuracy(whole.by_model[name])} %"
+        lines.append(line)
+    lines.append(f"run directory: {run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,435 @@
+"""Trajectory matching: MTT, TESLA and TESLA-exact as variants of one distiller.
+
+The three methods differ only in their gradient engine (``unrolled``, ``tesla``,
+``adjoint``; see :mod:`dcbench_tesla.matching`) and label strategy, so a memory or
+accuracy comparison between them compares exactly one code difference.
+
+One outer iteration: sample an expert and a start epoch ``t``; ``theta_0`` = its
+snapshot ``t``, ``theta*`` = snapshot ``t + expert_epochs``; the engine computes the
+gradient of ``||theta_T - theta*||^2 / ||theta_0 - theta*||^2`` with respect to the
+images (and label logits, if learned) and the step size ``syn_lr``; SGD (momentum 0.5)
+updates them. ``syn_lr`` is kept at least ``min_syn_lr``; a NaN or inf stops the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dcbench_tesla import ConfigCard, Dataset, Distiller, MethodSpec, SyntheticSet
+from dcbench_tesla.data import DATASETS
+from dcbench_tesla.data.augment import DSA
+from dcbench_tesla.errors import DivergenceError, UserError
+from dcbench_tesla.evaluation import random_real_subset
+from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
+from dcbench_tesla.models import build_model
+
+LabelStrategy = Literal["hard", "sla", "sla-last", "learned"]
+
+
+@dataclass
+class TrajectoryMatchingConfig:
+    """Options of the trajectory-matching distiller (reference-facts sections 1, 2, 9).
+
+    Attributes:
+        iterations: Outer iterations.
+        syn_steps: T, student SGD steps per iteration.
+        expert_epochs: Epochs between ``theta_0`` and ``theta*``.
+        max_start_epoch: Start epochs are drawn uniformly from ``[0, max_start_epoch)``.
+        batch_syn: Synthetic images per inner step (None: all of them every step).
+        lr_img: Learning rate of the images.
+        lr_lr: Learning rate of ``syn_lr``.
+        lr_label: Learning rate of learned label logits (labels="learned").
+        lr_teacher: Initial ``syn_lr`` (the experts' learning rate).
+        min_syn_lr: ``syn_lr`` is clamped to at least this (upstream lets it go negative).
+        momentum: SGD momentum of the image, lr and label optimisers.
+        engine: Gradient engine registry name.
+        labels: "hard" (class indices), "sla" (teacher at the target step, TESLA),
+            "sla-last" (teacher at the expert's last epoch, ablation), "learned" (logits
+            initialised at 10 on the class, ablation).
+        pix_init: Initial images: "real" (random real images per class) or "noise".
+        model: Student model (None: the dataset's default).
+        dsa_strategy: DSA families applied at each inner step ("none" to disable).
+        num_experts: Expert trajectories to use (trained and cached if missing).
+        expert_train_epochs: Epochs per expert when they must be trained.
+        experts_dir: Use the expert store in this directory instead of the cache.
+    """
+
+    iterations: int = 5000
+    syn_steps: int = 20
+    expert_epochs: int = 2
+    max_start_epoch: int = 20
+    batch_syn: int | None = None
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_label: float = 10.0
+    lr_teacher: float = 0.01
+    min_syn_lr: float = 1e-6
+    momentum: float = 0.5
+    engine: str = "unrolled"
+    labels: LabelStrategy = "hard"
+    pix_init: Literal["real", "noise"] = "real"
+    model: str | None = None
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    num_experts: int = 100
+    expert_train_epochs: int = 50
+    experts_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "iterations": self.iterations >= 0,
+            "syn_steps": self.syn_steps >= 1,
+            "expert_epochs": self.expert_epochs >= 1,
+            "max_start_epoch": self.max_start_epoch >= 1,
+            "batch_syn": self.batch_syn is None or self.batch_syn >= 1,
+            "lr_teacher": self.lr_teacher > 0,
+            "min_syn_lr": self.min_syn_lr > 0,
+            "num_experts": self.num_experts >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid value for {', '.join(bad)} (counts and learning rates must be positive)")
+
+
+class SyntheticBatches:
+    """Upstream's batch sampling: a permutation split into chunks, reshuffled when used up."""
+
+    def __init__(self, num_images: int, batch_size: int | None, generator: torch.Generator) -> None:
+        self.num_images = num_images
+        self.batch_size = batch_size or num_images
+        self.generator = generator
+        self.order = torch.empty(0, dtype=torch.long)
+        self.position = 0
+
+    def next(self) -> Tensor:
+        """Indices of the next batch."""
+        if self.batch_size >= self.num_images:
+            return torch.arange(self.num_images)
+        if self.position + self.batch_size > self.order.numel():
+            self.order = torch.randperm(self.num_images, generator=self.generator)
+            self.position = 0
+        batch = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler position (for exact resume)."""
+        return {"order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the sampler position."""
+        self.order, self.position = state["order"].clone(), int(state["position"])
+
+
+class TrajectoryMatching(Distiller):
+    """MTT / TESLA / TESLA-exact: one distiller, a pluggable gradient engine."""
+
+    Config = TrajectoryMatchingConfig
+    info_keys = ("loss", "syn_lr", "expert", "start_epoch")
+
+    # -- episode set-up --------------------------------------------------------------
+    def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
+        """Load (or train) experts, initialise images, labels, step size and optimisers."""
+        self.begin(dataset, ipc, seed)
+        opts: TrajectoryMatchingConfig = self.options
+        device = self.context.device
+        self.engine = ENGINES.get(opts.engine)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model_name = opts.model or DATASETS.get(dataset.name).default_model
+        c, h, _ = dataset.image_shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            student = build_model(self.model_name, channels=c, num_classes=dataset.num_classes, image_size=h)
+        self.flat = FlatParams(student.to(device).train())
+        self.experts = self._experts(dataset)
+
+        images, hard = random_real_subset(dataset, ipc, seed)
+        if opts.pix_init == "noise":
+            images = torch.randn(images.shape, generator=self.generator)
+        self.images = images.to(device).requires_grad_(True)
+        self.hard_labels = hard.to(device)
+        self.soft_labels: Tensor | None = None
+        self.label_logits: Tensor | None = None
+        params = [{"params": [self.images], "lr": opts.lr_img}]
+        if opts.labels == "learned":
+            self.label_logits = (F.one_hot(self.hard_labels, dataset.num_classes).float() * 10.0).requires_grad_(True)
+        self.syn_lr = torch.tensor(opts.lr_teacher, device=device).requires_grad_(True)
+        self.opt_images = torch.optim.SGD(params, momentum=opts.momentum)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=opts.lr_lr, momentum=opts.momentum)
+        self.opt_labels = (
+            torch.optim.SGD([self.label_logits], lr=opts.lr_label, momentum=opts.momentum)
+            if self.label_logits is not None
+            else None
+        )
+        self.batches = SyntheticBatches(self.images.shape[0], opts.batch_syn, self.generator)
+        self.augmenter = DSA(opts.dsa_strategy)
+        return {"num_images": int(self.images.shape[0]), "num_params": self.flat.numel, "experts": self.experts.num_experts}
+
+    def _experts(self, dataset: Dataset) -> Any:
+        """The injected expert source, an explicit store, or the cached (trained if missing) one."""
+        opts: TrajectoryMatchingConfig = self.options
+        if self.context.experts is not None:
+            experts = self.context.experts
+        else:
+            from dcbench_tesla.experts import ExpertConfig, ExpertStore, ensure_experts
+
+            if opts.experts_dir:
+                experts = ExpertStore.open(opts.experts_dir)
+            else:
+                config = ExpertConfig(
+                    dataset=dataset.name,
+                    model=self.model_name,
+                    num_experts=opts.num_experts,
+                    epochs=opts.expert_train_epochs,
+                    zca=dataset.preprocessing.zca is not None,
+                )
+                experts = ensure_experts(
+                    dataset, config, self.context.cache_dir, self.context.device, self.context.notice, self.context.progress
+                )
+            experts.check_compatible(dataset, self.flat.to_dict())
+        needed = opts.max_start_epoch + opts.expert_epochs
+        if experts.epochs < needed:
+            raise UserError(
+                f"experts have {experts.epochs} epochs but max_start_epoch + expert_epochs = {needed}; "
+                "lower --set max_start_epoch=... or train longer experts"
+            )
+        if experts.num_experts < 1:
+            raise UserError("the expert store holds no finished expert; train experts first")
+        return experts
+
+    # -- one outer iteration -----------------------------------------------------------
+    def _segment(self) -> tuple[int, int, Tensor, Tensor, Tensor]:
+        opts: TrajectoryMatchingConfig = self.options
+        expert = int(torch.randint(self.experts.num_experts, (1,), generator=self.generator))
+        start = int(torch.randint(opts.max_start_epoch, (1,), generator=self.generator))
+        trajectory = self.experts.trajectory(expert)
+        device = self.context.device
+        theta_start = trajectory[start].to(device=device, dtype=torch.float32)
+        theta_target = trajectory[start + opts.expert_epochs].to(device=device, dtype=torch.float32)
+        return expert, start, theta_start, theta_target, trajectory[-1].to(device=device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def _teacher_labels(self, teacher: Tensor) -> Tensor:
+        """Soft Label Assignment: the teacher's softmax on the un-augmented images (temperature 1)."""
+        return torch.softmax(self.flat.forward(teacher, self.images.detach()), dim=1)
+
+    def _labels_for(self, theta_target: Tensor, theta_last: Tensor) -> tuple[Tensor, bool]:
+        strategy = self.options.labels
+        if strategy == "hard":
+            return self.hard_labels, False
+        if strategy == "learned":
+            return self.label_logits, True
+        self.soft_labels = self._teacher_labels(theta_target if strategy == "sla" else theta_last)
+        return self.soft_labels, False
+
+    def step(self) -> dict[str, Any]:
+        """Sample a segment, compute the matching gradient with the engine, update."""
+        opts: TrajectoryMatchingConfig = self.options
+        expert, start, theta_start, theta_target, theta_last = self._segment()
+        labels, learnable = self._labels_for(theta_target, theta_last)
+        base_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        augmenter = self.augmenter
+
+        def augment(x: Tensor, step: int) -> Tensor:
+            return augmenter(x, seed=base_seed + step)
+
+        problem = MatchingProblem(
+            forward=self.flat.forward,
+            theta_start=theta_start,
+            theta_target=theta_target,
+            images=self.images.detach(),
+            labels=labels.detach(),
+            batches=[self.batches.next() for _ in range(opts.syn_steps)],
+            syn_lr=self.syn_lr.detach(),
+            augment=augment,
+            labels_learnable=learnable,
+        )
+        grads = self.engine(problem)
+        self._guard(grads.is_finite(), "the matching loss or its gradient")
+        self.images.grad = grads.images.to(self.images.dtype)
+        self.syn_lr.grad = grads.syn_lr.to(self.syn_lr.dtype).reshape(self.syn_lr.shape)
+        self.opt_images.step()
+        self.opt_lr.step()
+        if self.opt_labels is not None and grads.labels is not None:
+            self.label_logits.grad = grads.labels.to(self.label_logits.dtype)
+            self.opt_labels.step()
+        with torch.no_grad():
+            self._guard(bool(torch.isfinite(self.syn_lr)), "the learned step size syn_lr")
+            self.syn_lr.clamp_(min=opts.min_syn_lr)
+        self.iteration += 1
+        return {
+            "loss": float(grads.loss),
+            "syn_lr": float(self.syn_lr.detach()),
+            "expert": expert,
+            "start_epoch": start,
+            "grad_norm_images": float(grads.images.norm()),
+        }
+
+    def _guard(self, finite: bool, what: str) -> None:
+        if not finite:
+            raise DivergenceError(
+                f"{what} became NaN or inf at iteration {self.iteration + 1}; the synthetic set of iteration "
+                f"{self.iteration} is kept. Likely cause: lr_img ({self.options.lr_img}) or lr_lr "
+                f"({self.options.lr_lr}) too large for this dataset; lower them with --set."
+            )
+
+    # -- outputs and state -------------------------------------------------------------
+    def synthetic_set(self) -> SyntheticSet:
+        """Images, the labels of the latest iteration, and the learned step size."""
+        if self.options.labels == "learned":
+            labels = torch.softmax(self.label_logits.detach(), dim=1)
+        elif self.soft_labels is not None:
+            labels = self.soft_labels
+        else:
+            labels = self.hard_labels
+        return self.package(self.images, labels, lr=float(self.syn_lr.detach()))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Images, labels, step size, optimisers, RNG and sampler state, iteration."""
+        return {
+            "iteration": self.iteration,
+            "images": self.images.detach().clone(),
+            "syn_lr": self.syn_lr.detach().clone(),
+            "soft_labels": None if self.soft_labels is None else self.soft_labels.clone(),
+            "label_logits": None if self.label_logits is None else self.label_logits.detach().clone(),
+            "opt_images": self.opt_images.state_dict(),
+            "opt_lr": self.opt_lr.state_dict(),
+            "opt_labels": None if self.opt_labels is None else self.opt_labels.state_dict(),
+            "generator": self.generator.get_state(),
+            "batches": self.batches.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after ``reset`` with the same dataset, ipc and seed)."""
+        with torch.no_grad():
+            self.images.copy_(state["images"])
+            self.syn_lr.copy_(state["syn_lr"])
+            if self.label_logits is not None and state["label_logits"] is not None:
+                self.label_logits.copy_(state["label_logits"])
+        self.soft_labels = None if state["soft_labels"] is None else state["soft_labels"].to(self.images.device)
+        self.opt_images.load_state_dict(state["opt_images"])
+        self.opt_lr.load_state_dict(state["opt_lr"])
+        if self.opt_labels is not None and state["opt_labels"] is not None:
+            self.opt_labels.load_state_dict(state["opt_labels"])
+        self.generator.set_state(state["generator"])
+        self.batches.load_state_dict(state["batches"])
+        self.iteration = int(state["iteration"])
+
+
+# -- config cards ------------------------------------------------------------------------
+_PAPER = "TESLA paper, appendix A.12 (steps / expert epochs / max start / batch_syn / ZCA)"
+_PAPER_TABLE = {
+    # (dataset, ipc): (syn_steps, expert_epochs, max_start_epoch, batch_syn, zca)
+    ("cifar10", 1): (50, 2, 3, None, True),
+    ("cifar10", 10): (30, 2, 20, None, True),
+    ("cifar10", 50): (30, 3, 40, None, False),
+    ("cifar100", 1): (20, 3, 20, None, True),
+    ("cifar100", 10): (15, 3, 30, None, False),
+    ("cifar100", 50): (50, 2, 40, 100, True),
+    ("imagenet64", 1): (10, 3, 6, 100, False),
+    ("imagenet64", 2): (15, 3, 10, 100, False),
+    ("imagenet64", 10): (20, 3, 10, 500, False),
+    ("imagenet64", 50): (100, 3, 25, 500, False),
+}
+# lr_img / lr_lr from the TESLA repository README commands (1000 on CIFAR, 10000 on ImageNet).
+_LR = {"cifar10": (1000.0, 1e-5), "cifar100": (1000.0, 1e-5), "imagenet64": (10000.0, 1e-4)}
+_DIGITS = "tuned here on digits (8x8, CPU budget): see reports/ and the README"
+
+
+def _paper_cards() -> tuple[ConfigCard, ...]:
+    cards = []
+    for (dataset, ipc), (steps, expert_epochs, max_start, batch, zca) in _PAPER_TABLE.items():
+        lr_img, lr_lr = _LR[dataset]
+        options = {
+            "syn_steps": steps,
+            "expert_epochs": expert_epochs,
+            "max_start_epoch": max_start,
+            "batch_syn": batch,
+            "lr_img": lr_img,
+            "lr_lr": lr_lr,
+            "lr_teacher": 0.01,
+            "num_experts": 50 if dataset == "imagenet64" else 100,
+            "expert_train_epochs": 50,
+        }
+        cards.append(ConfigCard(dataset, ipc, options, zca=zca, source=_PAPER))
+    return tuple(cards)
+
+
+def _digits_cards() -> tuple[ConfigCard, ...]:
+    common = {
+        "num_experts": 5,
+        "expert_train_epochs": 15,
+        "expert_epochs": 2,
+        "max_start_epoch": 10,
+        "lr_lr": 1e-5,
+        "lr_teacher": 0.01,
+    }
+    return (
+        ConfigCard("digits", 1, {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0}, zca=False, source=_DIGITS),
+        ConfigCard("digits", 10, {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0}, zca=False, source=_DIGITS),
+    )
+
+
+def _cards() -> tuple[ConfigCard, ...]:
+    return _paper_cards() + _digits_cards()
+
+
+_SMOKE = {
+    "iterations": 2,
+    "syn_steps": 2,
+    "expert_epochs": 1,
+    "max_start_epoch": 1,
+    "num_experts": 1,
+    "expert_train_epochs": 2,
+    "lr_img": 10.0,
+}
+
+
+def _variant(method_id: str, engine: str, labels: str, description: str, paper: str, accuracy: dict) -> MethodSpec:
+    """A trajectory-matching variant: the same distiller with another engine / label rule."""
+    return MethodSpec(
+        id=method_id,
+        entry_point="dcbench_tesla_methods.trajectory_matching:TrajectoryMatching",
+        kwargs={"engine": engine, "labels": labels},
+        description=description,
+        paper=paper,
+        reference_accuracy=accuracy,
+        config_cards=_cards(),
+        eval_lr="learned",
+        smoke_options=dict(_SMOKE),
+    )
+
+
+_TESLA = "Cui, Wang, Si, Hsieh. Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory. ICML 2023"
+MTT_SPEC = _variant(
+    "mtt",
+    "unrolled",
+    "hard",
+    "MTT: unrolled trajectory matching, hard labels (memory linear in syn_steps)",
+    "Cazenavette et al. Dataset Distillation by Matching Training Trajectories. CVPR 2022",
+    {"cifar10": {1: 46.3, 10: 65.3, 50: 71.6}, "cifar100": {1: 24.3, 10: 40.6, 50: 47.7}},
+)
+TESLA_SPEC = _variant(
+    "tesla",
+    "tesla",
+    "sla",
+    "TESLA: constant-memory first-order matching gradient + soft labels from the teacher (SLA)",
+    _TESLA,
+    {
+        "cifar10": {1: 48.5, 10: 66.4, 50: 72.6},
+        "cifar100": {1: 24.8, 10: 41.7, 50: 47.9},
+        "imagenet64": {1: 7.7, 2: 10.5, 10: 17.8, 50: 27.9},
+    },
+)
+TESLA_EXACT_SPEC = _variant(
+    "tesla-exact",
+    "adjoint",
+    "sla",
+    "ours: TESLA's constant memory with MTT's exact gradient (adjoint sweep), SLA labels",
+    _TESLA + " (exact adjoint engine: dcbench-tesla)",
+    {},
+)

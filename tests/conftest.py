@@ -1,0 +1,25 @@
+"""Test configuration: one torch thread, deterministic seeds, an isolated cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's caches (ZCA, experts) out of the user's home directory."""
+    cache = tmp_path_factory.mktemp("dcbench-cache")
+    monkeypatch.setenv("DCBENCH_CACHE", str(cache))
+    monkeypatch.setenv("DCBENCH_DATA", str(cache / "data"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits dataset (mean/std normalised), loaded once."""
+    from dcbench_tesla.data import load_dataset
+
+    return load_dataset("digits")

@@ -1,0 +1,140 @@
+"""The CLI end to end on digits, and every bad input ending in exit code 2 without a traceback."""
+
+import json
+import pickle
+
+import pytest
+from click.testing import CliRunner
+
+from dcbench_tesla.cli import main
+from dcbench_tesla.runner import RESULT_SCHEMA
+
+FAST = ["--num-eval", "2", "--eval-epochs", "3", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+
+
+def test_ls_lists_methods_datasets_models():
+    result = invoke("ls")
+    assert result.exit_code == 0, result.output
+    for name in ("random", "digits", "cifar10", "cifar100", "tinyimagenet", "imagenet64", "convnet", "resnet18", "vit"):
+        assert name in result.output
+    assert invoke("ls", "datasets").output.startswith("datasets:")
+
+
+def test_run_random_writes_a_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--output", out, *FAST)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "±" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "result.json", "synthetic_set.safetensors"]
+    record = json.loads((out / "result.json").read_text())
+    assert set(record) == set(RESULT_SCHEMA)
+    accs = record["evaluation"]["by_model"]["convnet"]["accuracies"]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert record["baseline"] is None  # the random method is its own baseline
+    assert record["provenance"]["threads"] >= 1
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 0 and config["ipc"] == 2
+
+
+def test_eval_of_a_saved_set_reproduces_the_run(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", "--method", "random", "--ipc", "2", "--output", out, *FAST).exit_code == 0
+    run_acc = json.loads((out / "result.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
+    result = invoke("eval", out / "synthetic_set.safetensors", *FAST[:-1], "--output", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    eval_acc = json.loads((tmp_path / "e.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
+    assert eval_acc == pytest.approx(run_acc)
+
+
+def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path):
+    out = tmp_path / "run"
+    assert invoke("run", "--method", "random", "--ipc", "1", "--output", out, *FAST).exit_code == 0
+    before = (out / "result.json").read_text()
+    assert_user_error(invoke("run", "--method", "random", "--ipc", "1", "--output", out, *FAST), "already holds files", "--overwrite")
+    assert (out / "result.json").read_text() == before
+    assert invoke("run", "--method", "random", "--ipc", "1", "--output", out, "--overwrite", *FAST).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--method", "tesal"], ["unknown method 'tesal'", "Available:"]),
+        (["--method", "random", "--dataset", "cifar11"], ["unknown dataset 'cifar11'", "Did you mean 'cifar10'"]),
+        (["--method", "random", "--eval-models", "convnett"], ["unknown model 'convnett'", "Did you mean 'convnet'"]),
+        (["--method", "random", "--ipc", "0"], ["--ipc must be at least 1"]),
+        (["--method", "random", "--ipc", "-3"], ["--ipc must be at least 1"]),
+        (["--method", "random", "--ipc", "100000"], ["--ipc must be between 1 and", "smallest class"]),
+        (["--method", "random", "--set", "lr=1"], ["unknown option(s) 'lr'"]),
+        (["--method", "random", "--set", "iterations"], ["KEY=VALUE"]),
+        (["--method", "random", "--iterations", "x"], ["is not a valid integer"]),
+        (["--method", "random", "--num-eval", "0"], ["--num-eval must be at least 1"]),
+        (["--method", "random", "--threads", "0"], ["--threads must be at least 1"]),
+        (["--method", "random", "--device", "cuda:0"], []),
+        (["--method", "random", "--protocol", "papr"], ["unknown evaluation protocol 'papr'"]),
+    ],
+)
+def test_bad_run_inputs_end_with_exit_code_2_and_write_nothing(tmp_path, args, fragments):
+    out = tmp_path / "run"
+    result = invoke("run", *FAST, *args, "--output", out)
+    if args[-1] == "cuda:0":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present: --device cuda:0 is valid here")
+        fragments = ["no CUDA GPU is available"]
+    assert_user_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_missing_dataset_files_name_the_path_the_files_and_how_to_get_them(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", "--method", "random", "--dataset", "cifar10", "--data-root", tmp_path / "data", "--output", out, *FAST)
+    assert_user_error(result, str(tmp_path / "data"), "data_batch_1", "cifar-10-python.tar.gz")
+    assert not out.exists()
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*"))
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert_user_error(invoke("run", "--method", "random", "--ipc", "1", "--output", blocker / "run", *FAST), "cannot write to output directory")
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text("{")
+    assert_user_error(invoke("run", "--method", "random", "--config", bad, "--output", tmp_path / "r", *FAST), "malformed")
+
+
+@pytest.mark.parametrize("kind", ["missing", "pickle", "foreign", "truncated"])
+def test_eval_refuses_bad_files(tmp_path, kind):
+    path = tmp_path / "set.safetensors"
+    if kind == "pickle":
+        path.write_bytes(pickle.dumps({"images": [1, 2]}))
+    elif kind == "foreign":
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.zeros(2)}, str(path))
+    elif kind == "truncated":
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+    expected = {
+        "missing": "does not exist",
+        "pickle": "never unpickles",
+        "foreign": "not a dcbench synthetic set",
+        "truncated": "not a readable synthetic set",
+    }[kind]
+    assert_user_error(invoke("eval", path, "--output", tmp_path / "out.json"), expected)
+    assert not (tmp_path / "out.json").exists()
