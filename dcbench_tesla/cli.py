@@ -26,7 +26,9 @@ class DcbenchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            raise _CliUserError(str(exc)) from None
+            error = _CliUserError(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -66,6 +68,8 @@ def main() -> None:
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [cuda when present].")
 @click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
 def run(**kw: Any) -> None:
     """Distil a synthetic set, evaluate it, and write a run directory."""
     from dcbench_tesla.runner import RunRequest
@@ -93,6 +97,8 @@ def run(**kw: Any) -> None:
         device=kw["device"],
         threads=kw["threads"],
         progress=not kw["no_progress"],
+        checkpoint_every=kw["checkpoint_every"],
+        resume=kw["resume"],
     )
     run_method(request)
 
@@ -135,3 +141,71 @@ def ls_command(kind: str | None) -> None:
     from dcbench_tesla.listing import listing
 
     click.echo(listing(kind))
+
+
+@main.command(name="experts")
+@click.option("--dataset", required=True, help="Dataset (see 'dcbench ls datasets').")
+@click.option("--model", default=None, help="Model registry name [the dataset's default model].")
+@click.option(
+    "--num-experts",
+    type=int,
+    default=None,
+    help="Experts to train [100 on CIFAR and Tiny ImageNet, 50 on imagenet64, 5 on digits].",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Training epochs per expert [50; read from the files with --import].",
+)
+@click.option("--lr", type=float, default=None, help="SGD learning rate [0.01].")
+@click.option("--batch-size", type=int, default=None, help="Training batch size [256].")
+@click.option(
+    "--zca/--no-zca",
+    default=False,
+    show_default=True,
+    help="ZCA-whiten the data (must match the runs that use the experts).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Base seed; expert i is seeded from (seed, i)."
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory holding dataset folders [$DCBENCH_DATA].",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Store directory [the cache 'dcbench run' reads: $DCBENCH_CACHE/experts/...].",
+)
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [cuda when present].")
+@click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
+@click.option(
+    "--import",
+    "imports",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Import an upstream MTT/TESLA replay_buffer_<n>.pt file or folder instead of training (repeatable).",
+)
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def experts(**kw: Any) -> None:
+    """Train expert trajectories for trajectory matching (resumable), or import upstream ones."""
+    from dcbench_tesla.experts.command import experts_command
+
+    progress = not kw.pop("no_progress")
+    experts_command(**kw, progress=progress, notice=click.echo)
+
+
+def _add_subcommands() -> None:
+    """Commands that live next to the code they drive."""
+    from dcbench_tesla.bench_cli import bench
+    from dcbench_tesla.show import show
+
+    main.add_command(bench)
+    main.add_command(show)
+
+
+_add_subcommands()

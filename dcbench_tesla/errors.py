@@ -15,3 +15,9 @@ class UserError(Exception):
 
 class DivergenceError(UserError):
     """The optimisation diverged (NaN or inf loss or step size)."""
+
+
+class Interrupted(UserError):
+    """The run was stopped by SIGINT or SIGTERM after saving a checkpoint."""
+
+    exit_code = 130

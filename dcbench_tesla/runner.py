@@ -9,6 +9,8 @@ line per iteration), ``synthetic_set.safetensors`` and ``result.json`` (see
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 from dcbench_tesla.config import build_options, read_config_file
 from dcbench_tesla.data import DATASETS, Dataset, load_dataset
 from dcbench_tesla.distiller import RunContext, check_ipc
-from dcbench_tesla.errors import UserError
+from dcbench_tesla.errors import DivergenceError, Interrupted, UserError
 from dcbench_tesla.evaluation import (
     PROTOCOLS,
     EvaluationProtocol,
@@ -32,7 +34,7 @@ from dcbench_tesla.method import MethodSpec, distiller_class, make, spec
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.provenance import provenance
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import IterationLimit, MetricsLog, ProgressBar
+from dcbench_tesla.wrappers import Checkpoint, IterationLimit, MetricsLog, ProgressBar
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -53,7 +55,8 @@ RESULT_SCHEMA: dict[str, str] = {
     "provenance": "versions, device, threads, command, git revision",
 }
 
-RUN_FILES = ("config.json", "metrics.jsonl", "synthetic_set.safetensors", "result.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "synthetic_set.safetensors", "result.json", "checkpoint.safetensors")
+CHECKPOINT = "checkpoint.safetensors"
 
 
 @dataclass
@@ -82,6 +85,8 @@ class RunRequest:
     threads: int | None = None
     progress: bool = True
     cache_dir: Path | None = None
+    checkpoint_every: int = 100
+    resume: bool = False
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -102,10 +107,16 @@ def default_output(request: RunRequest) -> Path:
     return Path("runs") / f"{request.method}-{request.dataset}-ipc{request.ipc}-seed{request.seed}"
 
 
-def prepare_output(path: Path, overwrite: bool) -> Path:
-    """Check the run directory can be used; refuse an existing run unless ``overwrite``."""
+def prepare_output(path: Path, overwrite: bool, resume: bool = False) -> Path:
+    """Check the run directory can be used; refuse an existing run unless ``overwrite`` or ``resume``."""
     if path.exists() and not path.is_dir():
         raise UserError(f"--output {str(path)!r} exists and is not a directory")
+    if resume:
+        if overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one")
+        if not (path / CHECKPOINT).is_file():
+            raise UserError(f"nothing to resume: {str(path / CHECKPOINT)!r} does not exist (run without --resume)")
+        return path
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(
             f"run directory {str(path)!r} already holds files; pass --overwrite to replace them, "
@@ -167,15 +178,64 @@ def check_models(names: list[str]) -> list[str]:
     return names
 
 
-def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """Reset and step the wrapped distiller until its iteration limit; return it and the last info."""
-    env = MetricsLog(distiller, run_dir / "metrics.jsonl")
-    env = ProgressBar(env, total=distiller.iterations, enabled=request.progress, desc=f"distil {request.method}")
-    env = IterationLimit(env, distiller.iterations)
-    info = env.reset(dataset, request.ipc, request.seed)
-    while not env.finished:
-        info = env.step()
-    return env, info
+class StopRequests:
+    """Turns SIGINT / SIGTERM into a flag the run loop checks after each iteration."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_identity(request: RunRequest, options: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint."""
+    return {"method": request.method, "dataset": request.dataset, "ipc": request.ipc, "seed": request.seed, "options": options}
+
+
+def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path) -> Any:
+    """Reset (or resume) and step the wrapped distiller until its iteration limit.
+
+    Saves a checkpoint every ``request.checkpoint_every`` iterations, when the loss
+    diverges (the last good state) and on SIGINT / SIGTERM (then raises Interrupted).
+    """
+    total = distiller.iterations
+    limit = IterationLimit(distiller, total)
+    log = MetricsLog(limit, run_dir / "metrics.jsonl", fresh=not request.resume)
+    ckpt = Checkpoint(log, run_dir / CHECKPOINT, request.checkpoint_every, run_identity(request, distiller.options_dict()))
+    ckpt.reset(dataset, request.ipc, request.seed)
+    if request.resume:
+        limit.done_iterations = ckpt.restore()
+        log.keep_until(limit.done_iterations)
+        print(f"resuming {request.method} from iteration {limit.done_iterations} of {total} ({run_dir / CHECKPOINT})")
+    env = ProgressBar(ckpt, total=total, enabled=request.progress, desc=f"distil {request.method}", initial=limit.done_iterations)
+    with StopRequests() as stop:
+        while not limit.finished:
+            try:
+                env.step()
+            except DivergenceError as exc:
+                ckpt.save()
+                raise DivergenceError(f"{exc} Last good state saved in {run_dir / CHECKPOINT}.") from None
+            if stop.requested:
+                ckpt.save()
+                env.bar.close()
+                raise Interrupted(
+                    f"{stop.requested} received: stopped after iteration {limit.done_iterations} of {total}; "
+                    f"checkpoint saved. Continue with the same command plus --resume."
+                )
+    env.bar.close()
+    return env
 
 
 def run(request: RunRequest) -> dict[str, Any]:
@@ -194,14 +254,16 @@ def run(request: RunRequest) -> dict[str, Any]:
     protocol = resolve_protocol(request, request.dataset)
     dataset_spec = DATASETS.get(request.dataset)
     models = check_models(request.eval_models or [dataset_spec.default_model])
-    run_dir = prepare_output(Path(request.output or default_output(request)), request.overwrite)
+    if request.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be 0 (only on interrupt) or a positive number of iterations")
+    run_dir = prepare_output(Path(request.output or default_output(request)), request.overwrite, request.resume)
     if method_spec.config_cards and method_spec.card_for(request.dataset, request.ipc) is None:
         print(f"notice: no config card for {request.method} on {request.dataset} at IPC {request.ipc}; using its defaults")
 
     dataset = load_dataset(request.dataset, request.data_root, zca=zca, cache_dir=request.cache_dir)
     check_ipc(dataset, request.ipc)
     ensure_writable_dir(run_dir)
-    for name in RUN_FILES:
+    for name in RUN_FILES if not request.resume else ("synthetic_set.safetensors", "result.json"):
         if (run_dir / name).exists():
             (run_dir / name).unlink()
 
@@ -219,9 +281,10 @@ def run(request: RunRequest) -> dict[str, Any]:
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-    write_json_atomic(run_dir / "config.json", config_record)
+    if not request.resume:
+        write_json_atomic(run_dir / "config.json", config_record)
     try:
-        env, _ = distil(distiller, dataset, request, run_dir)
+        env = distil(distiller, dataset, request, run_dir)
         syn = env.synthetic_set()
     finally:
         distiller.close()

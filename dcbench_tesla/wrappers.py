@@ -98,12 +98,23 @@ class IterationLimit(Wrapper):
 
 
 class MetricsLog(Wrapper):
-    """Appends every info dict, with elapsed seconds, as a JSON line to ``path``."""
+    """Appends every info dict, with elapsed seconds, as a JSON line to ``path``.
 
-    def __init__(self, env: Distiller, path: Path | str) -> None:  # noqa: D107
+    ``reset`` starts a fresh log unless ``fresh=False`` (a resumed run), and
+    :meth:`keep_until` trims it to a checkpoint's iteration.
+    """
+
+    def __init__(self, env: Distiller, path: Path | str, fresh: bool = True) -> None:  # noqa: D107
         super().__init__(env)
         self.path = Path(path)
+        self.fresh = fresh
         self._start = time.perf_counter()
+
+    def keep_until(self, iteration: int) -> None:
+        """Drop logged steps after ``iteration`` (they are redone after a resume)."""
+        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration]
+        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def _write(self, event: str, info: dict[str, Any]) -> dict[str, Any]:
         info = merge_info(info, {"elapsed_s": round(time.perf_counter() - self._start, 4)}, "MetricsLog")
@@ -113,15 +124,61 @@ class MetricsLog(Wrapper):
         return info
 
     def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
-        """Reset, truncate the log, and log the reset info."""
+        """Reset, start a fresh log (unless resuming), and log the reset info."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")
+        if self.fresh or not self.path.exists():
+            self.path.write_text("", encoding="utf-8")
         self._start = time.perf_counter()
         return self._write("reset", self.env.reset(dataset, ipc, seed))
 
     def step(self) -> dict[str, Any]:
         """Step and log the info."""
         return self._write("step", self.env.step())
+
+
+class Checkpoint(Wrapper):
+    """Saves the full state atomically every ``every`` steps and on request (:meth:`save`).
+
+    The file holds the iteration, an identity (method, dataset, ipc, seed, options) that
+    a resume must match, and the distiller's ``state_dict`` (safetensors, no pickle).
+    """
+
+    def __init__(self, env: Distiller, path: Path | str, every: int, identity: dict[str, Any]) -> None:  # noqa: D107
+        super().__init__(env)
+        self.path = Path(path)
+        self.every = int(every)
+        self.identity = identity
+        self.done_iterations = 0
+
+    def step(self) -> dict[str, Any]:
+        """Step; save every ``every`` steps."""
+        info = self.env.step()
+        self.done_iterations += 1
+        if self.every > 0 and self.done_iterations % self.every == 0:
+            self.save()
+        return info
+
+    def save(self) -> Path:
+        """Write the checkpoint now (atomically: a crash keeps the previous one readable)."""
+        from dcbench_tesla.state_io import save_state
+
+        state = {"iteration": self.done_iterations, "identity": self.identity, "distiller": self.env.state_dict()}
+        return save_state(self.path, state)
+
+    def restore(self) -> int:
+        """Load the checkpoint into the (already reset) distiller; return its iteration."""
+        from dcbench_tesla.errors import UserError
+        from dcbench_tesla.state_io import load_state
+
+        state = load_state(self.path)
+        if json.dumps(state.get("identity"), sort_keys=True) != json.dumps(self.identity, sort_keys=True):
+            raise UserError(
+                f"checkpoint {str(self.path)!r} belongs to another run ({state.get('identity')}); "
+                "resume with the same method, dataset, --ipc, --seed and options, or start a new --output"
+            )
+        self.env.load_state_dict(state["distiller"])
+        self.done_iterations = int(state["iteration"])
+        return self.done_iterations
 
 
 class EvaluateEvery(Wrapper):
@@ -145,9 +202,9 @@ class EvaluateEvery(Wrapper):
 class ProgressBar(Wrapper):
     """A tqdm bar over the iterations, showing the latest loss."""
 
-    def __init__(self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil") -> None:  # noqa: D107
+    def __init__(self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil", initial: int = 0) -> None:  # noqa: D107
         super().__init__(env)
-        self.bar = tqdm(total=total, desc=desc, disable=not enabled or total == 0, leave=False)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled or total == 0, leave=False)
 
     def step(self) -> dict[str, Any]:
         """Step and advance the bar."""

@@ -93,6 +93,7 @@ class TrajectoryMatchingConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)} (counts and learning rates must be positive)")
+        ENGINES.get(self.engine)  # an unknown engine is a UserError with suggestions
 
 
 class SyntheticBatches:
@@ -208,7 +209,8 @@ class TrajectoryMatching(Distiller):
         start = int(torch.randint(opts.max_start_epoch, (1,), generator=self.generator))
         trajectory = self.experts.trajectory(expert)
         device = self.context.device
-        theta_start = trajectory[start].to(device=device, dtype=torch.float32)
+        # copy: on CPU a row is a view, and the graph saving theta_0 would keep the whole trajectory alive
+        theta_start = trajectory[start].to(device=device, dtype=torch.float32, copy=True)
         theta_target = trajectory[start + opts.expert_epochs].to(device=device, dtype=torch.float32)
         return expert, start, theta_start, theta_target, trajectory[-1].to(device=device, dtype=torch.float32)
 

@@ -1,0 +1,473 @@
+"""The on-disk expert store: one manifest and one safetensors file per finished expert.
+
+A store directory holds:
+
+- ``manifest.safetensors``: tensors ``zca_mean`` / ``zca_matrix`` when the data is ZCA-whitened, and
+  JSON metadata under the key ``dcbench``: format, format version, store key, the
+  :class:`ExpertConfig`, dataset name, classes, image shape, normalisation (kind, mean, std, ZCA
+  eps), the flat-parameter layout and where the experts came from (``origin``).
+- ``expert_0000.safetensors``, ``expert_0001.safetensors``, ...: tensor ``trajectory`` float32 of
+  shape ``(epochs + 1, P)`` (row 0 = the initialisation, row ``e`` = after epoch ``e``) and JSON
+  metadata (index, seed, final test accuracy, store key, ...).
+
+The experts a store holds are the expert files present: an interrupted training run leaves the
+finished ones, and the next run trains only the missing ones. Every file is written atomically and
+read without unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from dcbench_tesla.data import Dataset, Preprocessing, ZCAState
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.experts.config import ExpertConfig, human_bytes, layout_numel, storage_bytes
+from dcbench_tesla.files import atomic_path
+from dcbench_tesla.synthetic import read_safetensors
+
+MANIFEST = "manifest.safetensors"
+FORMAT = "dcbench-tesla/experts"
+EXPERT_FORMAT = "dcbench-tesla/expert"
+FORMAT_VERSION = 1
+_EXPERT_FILE = re.compile(r"^expert_(\d{4,})\.safetensors$")
+_ZCA_RTOL = 1e-3
+_ZCA_ATOL = 1e-4
+_NORM_ATOL = 1e-6
+
+
+def expert_filename(index: int) -> str:
+    """``expert_0007.safetensors`` for expert 7."""
+    return f"expert_{int(index):04d}.safetensors"
+
+
+def finished_indices(directory: Path) -> list[int]:
+    """Sorted indices of the expert files present in ``directory`` (temp files are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = (_EXPERT_FILE.match(p.name) for p in directory.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def manifest_metadata(
+    config: ExpertConfig, dataset: Dataset, layout: dict[str, Any], origin: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest's JSON metadata for experts of ``config`` on ``dataset``."""
+    pre = dataset.preprocessing
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "key": config.key(pre, layout),
+        "config": config.to_dict(),
+        "dataset": dataset.name,
+        "classes": list(dataset.classes),
+        "image_shape": list(dataset.image_shape),
+        "normalisation": {
+            "kind": pre.kind,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "zca_eps": pre.zca.eps if pre.zca is not None else None,
+        },
+        "layout": {"names": list(layout["names"]), "shapes": [list(s) for s in layout["shapes"]]},
+        "num_params": layout_numel(layout),
+        "origin": origin,
+        "torch_version": torch.__version__,
+    }
+
+
+def write_manifest(directory: Path, metadata: dict[str, Any], preprocessing: Preprocessing) -> Path:
+    """Write ``manifest.safetensors`` (with the ZCA tensors, if any) atomically."""
+    tensors: dict[str, Tensor] = {}
+    if preprocessing.zca is not None:
+        tensors["zca_mean"] = preprocessing.zca.mean.detach().cpu().float().contiguous()
+        tensors["zca_matrix"] = preprocessing.zca.matrix.detach().cpu().float().contiguous()
+    path = Path(directory) / MANIFEST
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"dcbench": json.dumps(metadata, default=str)})
+    return path
+
+
+def write_expert(directory: Path, index: int, trajectory: Tensor, metadata: dict[str, Any]) -> Path:
+    """Write one expert's ``(epochs + 1, P)`` trajectory and metadata atomically."""
+    meta = {"format": EXPERT_FORMAT, "format_version": FORMAT_VERSION, "index": int(index), **metadata}
+    path = Path(directory) / expert_filename(index)
+    with atomic_path(path) as tmp:
+        save_file(
+            {"trajectory": trajectory.detach().cpu().float().contiguous()},
+            str(tmp),
+            metadata={"dcbench": json.dumps(meta, default=str)},
+        )
+    return path
+
+
+def read_header(path: Path, what: str) -> dict[str, Any]:
+    """The ``dcbench`` JSON metadata of a safetensors file, without reading its tensors.
+
+    Raises:
+        UserError: not a readable safetensors file, or metadata that is not a JSON object.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head[:1] == b"\x80" or head[:2] == b"PK":
+            raise UserError(
+                f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors)"
+            )
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("dcbench", "{}")
+        meta = json.loads(raw)
+    except UserError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{str(path)!r} is not a readable {what} file (safetensors): {exc}") from exc
+    if not isinstance(meta, dict):
+        raise UserError(f"{str(path)!r}: corrupt {what} metadata (not a JSON object)")
+    return meta
+
+
+class ExpertStore:
+    """Expert trajectories on disk: the manifest, and the trajectories loaded on demand.
+
+    Open one with :meth:`open`. ``trajectory(i)`` is the ``i``-th finished expert in file order
+    (``0 <= i < num_experts``); recently read trajectories are kept in memory up to
+    ``cache_mib``.
+
+    Attributes:
+        directory: The store directory.
+        metadata: The manifest's JSON metadata.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        metadata: dict[str, Any],
+        zca: ZCAState | None,
+        *,
+        max_experts: int | None = None,
+        cache_mib: float = 1024,
+    ) -> None:
+        self.directory = Path(directory)
+        self.metadata = metadata
+        self._zca = zca
+        self._max_experts = max_experts
+        self._cache_bytes = int(cache_mib * 2**20)
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()
+        try:
+            self._config = ExpertConfig.from_dict(dict(metadata["config"]))
+            self._layout = {
+                "names": [str(n) for n in metadata["layout"]["names"]],
+                "shapes": [[int(d) for d in s] for s in metadata["layout"]["shapes"]],
+            }
+            norm = metadata["normalisation"]
+            self._preprocessing = Preprocessing(
+                mean=tuple(float(m) for m in norm["mean"]), std=tuple(float(s) for s in norm["std"]), zca=zca
+            )
+            if (norm["kind"] == "zca") != (zca is not None):
+                raise ValueError("normalisation kind and the ZCA tensors disagree")
+            self._classes = [str(c) for c in metadata["classes"]]
+            self._key = str(metadata["key"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"{str(self.directory / MANIFEST)!r}: corrupt expert manifest ({type(exc).__name__}: {exc}); "
+                "delete the directory and train the experts again"
+            ) from exc
+        self.refresh()
+
+    @classmethod
+    def open(
+        cls, directory: Path | str, *, max_experts: int | None = None, cache_mib: float = 1024
+    ) -> ExpertStore:
+        """Open the store in ``directory``.
+
+        Args:
+            directory: A directory written by :func:`train_experts` or :func:`import_upstream`.
+            max_experts: Use only experts ``0 .. max_experts - 1`` (those of a config asking for
+                that many); None uses every expert file present.
+            cache_mib: Memory for recently read trajectories (at least one is always kept).
+
+        Raises:
+            UserError: no store there, or a corrupt / foreign / pickled manifest.
+        """
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise UserError(
+                f"no expert store in {str(directory)!r} (no {MANIFEST}); train experts with "
+                "'dcbench experts --dataset ...' or import upstream buffers with 'dcbench experts --import'"
+            )
+        tensors, meta = read_safetensors(path, what="expert manifest")
+        if meta.get("format") != FORMAT:
+            raise UserError(
+                f"{str(path)!r} is a safetensors file but not a dcbench expert manifest "
+                f"(format {meta.get('format')!r})"
+            )
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise UserError(
+                f"{str(path)!r} has format version {meta['format_version']}; upgrade dcbench-tesla to read it"
+            )
+        zca = None
+        if meta.get("normalisation", {}).get("kind") == "zca":
+            if not {"zca_mean", "zca_matrix"} <= set(tensors):
+                raise UserError(f"{str(path)!r}: ZCA experts but the manifest lacks the ZCA tensors")
+            eps = meta["normalisation"].get("zca_eps")
+            zca = ZCAState(mean=tensors["zca_mean"], matrix=tensors["zca_matrix"], eps=float(eps or 0.1))
+        return cls(directory, meta, zca, max_experts=max_experts, cache_mib=cache_mib)
+
+    # -- what the store holds ------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan the directory for finished expert files."""
+        found = finished_indices(self.directory)
+        if self._max_experts is not None:
+            found = [i for i in found if i < self._max_experts]
+        self._indices = found
+        self._cache.clear()
+
+    @property
+    def config(self) -> ExpertConfig:
+        """The config the experts were trained (or recorded as imported) with."""
+        return self._config
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """The flat-parameter layout ``{"names": [...], "shapes": [[...], ...]}``."""
+        return self._layout
+
+    @property
+    def key(self) -> str:
+        """The store key (see :meth:`ExpertConfig.key`)."""
+        return self._key
+
+    @property
+    def num_params(self) -> int:
+        """``P``, the length of one flat parameter snapshot."""
+        return layout_numel(self._layout)
+
+    @property
+    def epochs(self) -> int:
+        """Training epochs per expert (each trajectory has ``epochs + 1`` snapshots)."""
+        return self._config.epochs
+
+    @property
+    def dataset_name(self) -> str:
+        """Name of the dataset the experts were trained on."""
+        return str(self.metadata["dataset"])
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, index = label."""
+        return list(self._classes)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The normalisation / ZCA state the experts saw their inputs in."""
+        return self._preprocessing
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        """Where the experts came from (``{"kind": "trained"}`` or ``{"kind": "imported", ...}``)."""
+        return dict(self.metadata.get("origin") or {})
+
+    @property
+    def expert_indices(self) -> list[int]:
+        """File indices of the finished experts, sorted."""
+        return list(self._indices)
+
+    @property
+    def num_experts(self) -> int:
+        """Number of finished experts (expert files present)."""
+        return len(self._indices)
+
+    def expert_path(self, i: int) -> Path:
+        """Path of the ``i``-th finished expert's file."""
+        if not 0 <= i < len(self._indices):
+            raise IndexError(
+                f"expert {i} out of range: the store in {self.directory} holds {self.num_experts}"
+            )
+        return self.directory / expert_filename(self._indices[i])
+
+    def expert_metadata(self, i: int) -> dict[str, Any]:
+        """The JSON metadata of the ``i``-th finished expert (its header only is read)."""
+        return read_header(self.expert_path(i), what="expert trajectory")
+
+    def test_accuracies(self) -> list[float]:
+        """Final test accuracy of every finished expert that recorded one."""
+        accs = (self.expert_metadata(i).get("test_accuracy") for i in range(self.num_experts))
+        return [float(a) for a in accs if a is not None]
+
+    # -- trajectories ------------------------------------------------------------------
+
+    def trajectory(self, i: int) -> Tensor:
+        """The ``i``-th finished expert's trajectory: float32 ``(epochs + 1, P)`` on the CPU.
+
+        The returned tensor may be shared with the in-memory cache: do not modify it in place.
+
+        Raises:
+            IndexError: ``i`` out of range.
+            UserError: the file is corrupt, foreign, or belongs to another store.
+        """
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        path = self.expert_path(i)
+        tensors, meta = read_safetensors(path, what="expert trajectory")
+        if meta.get("format") != EXPERT_FORMAT:
+            raise UserError(
+                f"{str(path)!r} is not a dcbench expert trajectory (format {meta.get('format')!r})"
+            )
+        if meta.get("key") != self._key:
+            raise UserError(
+                f"{str(path)!r} belongs to another expert store (key {meta.get('key')!r}, this store "
+                f"{self._key!r}); remove it or move it to its own store"
+            )
+        traj = tensors.get("trajectory")
+        expected = (self.epochs + 1, self.num_params)
+        if traj is None or traj.dtype != torch.float32 or tuple(traj.shape) != expected:
+            got = None if traj is None else f"{traj.dtype} {tuple(traj.shape)}"
+            raise UserError(f"{str(path)!r}: expected a float32 trajectory of shape {expected}, got {got}")
+        if not bool(torch.isfinite(traj).all()):
+            raise UserError(
+                f"{str(path)!r}: the trajectory contains NaN or inf; delete it and train it again"
+            )
+        self._remember(i, traj)
+        return traj
+
+    def segment(self, i: int, start_epoch: int, num_epochs: int) -> tuple[Tensor, Tensor]:
+        """``(theta_start, theta_target)``: snapshots ``start_epoch`` and ``start_epoch + num_epochs``.
+
+        Raises:
+            ValueError: the segment does not fit in ``0 .. epochs``.
+        """
+        if start_epoch < 0 or num_epochs < 1 or start_epoch + num_epochs > self.epochs:
+            raise ValueError(
+                f"segment [{start_epoch}, {start_epoch + num_epochs}] does not fit the experts' "
+                f"{self.epochs} epochs (snapshots 0..{self.epochs})"
+            )
+        traj = self.trajectory(i)
+        return traj[start_epoch], traj[start_epoch + num_epochs]
+
+    def _remember(self, i: int, traj: Tensor) -> None:
+        self._cache[i] = traj
+        size = lambda t: t.numel() * t.element_size()  # noqa: E731
+        while len(self._cache) > 1 and sum(size(t) for t in self._cache.values()) > self._cache_bytes:
+            self._cache.popitem(last=False)
+
+    # -- compatibility -----------------------------------------------------------------
+
+    def check_compatible(self, dataset: Dataset, model_layout: dict[str, Any]) -> None:
+        """Raise a UserError unless these experts fit ``dataset`` and a model of ``model_layout``.
+
+        Compares the dataset name, class order, normalisation kind, mean and std (without ZCA;
+        ZCA ignores them), the ZCA state (mean and matrix within a tolerance) and the parameter
+        layout.
+        """
+        where = f"experts in {self.directory}"
+        name = self.dataset_name
+        if dataset.name != name:
+            raise UserError(
+                f"{where} were trained on {name}; this run uses {dataset.name}: "
+                f"train experts for it ('dcbench experts --dataset {dataset.name}')"
+            )
+        if list(dataset.classes) != self._classes:
+            raise UserError(
+                f"{where} were trained on {name} with another class order or class set; "
+                "train matching experts"
+            )
+        mine, theirs = self._preprocessing, dataset.preprocessing
+        if mine.kind != theirs.kind:
+            if mine.kind == "zca":
+                raise UserError(
+                    f"{where} were trained on {name} with ZCA; this run uses no ZCA: "
+                    "pass --zca or train matching experts"
+                )
+            raise UserError(
+                f"{where} were trained on {name} without ZCA (mean/std); this run uses ZCA: "
+                "pass --no-zca or train matching experts ('dcbench experts ... --zca')"
+            )
+        if mine.zca is None and (not _close(mine.mean, theirs.mean) or not _close(mine.std, theirs.std)):
+            raise UserError(
+                f"{where} were trained on {name} normalised with mean {list(mine.mean)} std "
+                f"{list(mine.std)}; this run uses mean {list(theirs.mean)} std {list(theirs.std)}: "
+                "train matching experts"
+            )
+        if mine.zca is not None and theirs.zca is not None:
+            problem = _zca_difference(mine.zca, theirs.zca)
+            if problem:
+                raise UserError(
+                    f"{where} were trained on {name} with a different ZCA whitening ({problem}): "
+                    "train matching experts (the ZCA state travels with them)"
+                )
+        if not _same_layout(self._layout, model_layout):
+            raise UserError(
+                f"{where} were trained for {self._config.model} with {self.num_params:,} parameters "
+                f"per snapshot; this run's model has {layout_numel(model_layout):,} "
+                f"({_describe_layout_difference(self._layout, model_layout)}): train experts for this "
+                "model ('dcbench experts --model ...')"
+            )
+
+    def describe(self) -> str:
+        """One line: experts, epochs, parameters, size on disk and directory."""
+        size = storage_bytes(self.num_experts, self.epochs, self.num_params)
+        return (
+            f"{self.num_experts} expert(s) of {self.dataset_name}/{self._config.model}, "
+            f"{self.epochs} epochs, {self.num_params:,} parameters, {human_bytes(size)} in {self.directory}"
+        )
+
+
+def _close(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return len(a) == len(b) and all(abs(float(x) - float(y)) <= _NORM_ATOL for x, y in zip(a, b, strict=True))
+
+
+def _zca_difference(a: ZCAState, b: ZCAState) -> str:
+    if tuple(a.matrix.shape) != tuple(b.matrix.shape) or tuple(a.mean.shape) != tuple(b.mean.shape):
+        return f"matrix {tuple(a.matrix.shape)} vs {tuple(b.matrix.shape)}"
+    ma, mb = a.matrix.detach().cpu().float(), b.matrix.detach().cpu().float()
+    scale = float(mb.abs().max()) or 1.0
+    if not torch.allclose(ma, mb, rtol=_ZCA_RTOL, atol=_ZCA_ATOL * scale):
+        return f"max |matrix difference| {float((ma - mb).abs().max()):.3g}"
+    va, vb = a.mean.detach().cpu().float(), b.mean.detach().cpu().float()
+    if not torch.allclose(va, vb, rtol=_ZCA_RTOL, atol=_ZCA_ATOL):
+        return f"max |mean difference| {float((va - vb).abs().max()):.3g}"
+    return ""
+
+
+def _same_layout(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return list(a["names"]) == list(b["names"]) and [list(s) for s in a["shapes"]] == [
+        list(s) for s in b["shapes"]
+    ]
+
+
+def _describe_layout_difference(stored: dict[str, Any], model: dict[str, Any]) -> str:
+    s = dict(zip(stored["names"], (list(x) for x in stored["shapes"]), strict=True))
+    m = dict(zip(model["names"], (list(x) for x in model["shapes"]), strict=True))
+    problems = [f"{n}: stored {s[n]} vs model {m[n]}" for n in m if n in s and s[n] != m[n]]
+    problems += [f"{n} only in the model" for n in m if n not in s]
+    problems += [f"{n} only in the experts" for n in s if n not in m]
+    if not problems:
+        problems = ["same parameters in a different order"]
+    more = f"; {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+__all__ = [
+    "EXPERT_FORMAT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "ExpertStore",
+    "expert_filename",
+    "finished_indices",
+    "manifest_metadata",
+    "read_header",
+    "write_expert",
+    "write_manifest",
+]

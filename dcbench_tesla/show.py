@@ -1,0 +1,447 @@
+"""``dcbench show``: look at a synthetic set (an image grid) and a run's learning curves.
+
+Figures are drawn with matplotlib's object-oriented API on an Agg canvas (no pyplot, so
+no global backend is switched) and written atomically as PNG files.
+
+The image grid is pixel exact: every synthetic image is mapped back to [0, 1] with
+``preprocessing.invert`` (mean/std or ZCA), enlarged by an integer factor with
+nearest-neighbour repetition and pasted unresampled into the figure (``figimage``), so
+8x8 digits stay crisp and the PNG holds the images' true values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.files import atomic_path
+from dcbench_tesla.synthetic import SyntheticSet
+
+DPI = 100
+#: Target on-screen size (pixels) of one synthetic image; the enlargement is an integer factor.
+CELL_TARGET_PX = 64
+GAP_PX = 4
+#: Height of the band under each image holding its top soft-label probability.
+PROB_BAND_PX = 14
+TITLE_PX = 46
+MARGIN_PX = 10
+#: Agg refuses images of 2^16 pixels or more in a direction; stay well below.
+MAX_FIGURE_PX = 30000
+MAX_NAME_CHARS = 20
+IMAGES_NAME = "images.png"
+CURVES_NAME = "curves.png"
+RUN_SET_NAME = "synthetic_set.safetensors"
+RUN_METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where things are in an image-grid PNG (pixel coordinates, origin at the top left).
+
+    Attributes:
+        path: The PNG written.
+        classes: Class index shown in each row, top to bottom.
+        indices: For each row, the indices (into the set) of the images shown, left to right.
+        scale: Integer enlargement of every image (one image pixel = scale x scale PNG pixels).
+        cell: (height, width) of one enlarged image in PNG pixels.
+        pitch: (row pitch, column pitch): distance between the top-left corners of neighbours.
+        origin: (y, x) of the top-left pixel of the first image of the first row.
+        size: (height, width) of the PNG.
+    """
+
+    path: Path
+    classes: list[int]
+    indices: list[list[int]]
+    scale: int
+    cell: tuple[int, int]
+    pitch: tuple[int, int]
+    origin: tuple[int, int]
+    size: tuple[int, int]
+
+    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
+        """(y, x) of the top-left PNG pixel of the image in ``row``, ``col``."""
+        return self.origin[0] + row * self.pitch[0], self.origin[1] + col * self.pitch[1]
+
+
+def _method_name(syn: SyntheticSet) -> str:
+    method = syn.method or {}
+    return str(method.get("id") or method.get("name") or "unknown method")
+
+
+def _short(name: str, limit: int = MAX_NAME_CHARS) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _new_figure(width_px: int, height_px: int) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+
+
+def _pick_rows(
+    syn: SyntheticSet, max_per_class: int, max_classes: int | None
+) -> tuple[list[int], list[list[int]], int]:
+    """Classes shown, image indices per class, and the column count."""
+    hard = syn.hard_labels().detach().cpu().numpy()
+    classes = list(range(syn.num_classes))
+    if max_classes is not None:
+        classes = classes[:max_classes]
+    indices = [[int(i) for i in np.flatnonzero(hard == c)[:max_per_class]] for c in classes]
+    cols = max([len(row) for row in indices] + [1])
+    return classes, indices, cols
+
+
+def image_grid(
+    syn: SyntheticSet, path: Path | str, max_per_class: int = 10, max_classes: int | None = None
+) -> GridLayout:
+    """Write a PNG grid of the synthetic images: one row per class.
+
+    Each row is labelled with its class name; images are mapped back to [0, 1] with
+    ``syn.preprocessing.invert`` (undoing mean/std or ZCA), shown in grey for 1-channel
+    sets and enlarged without interpolation. With soft labels an image sits in the row of
+    its most probable class and that probability is printed under it. Grids taller than
+    the renderer allows show the first classes only (the subtitle says so).
+
+    Args:
+        syn: The synthetic set.
+        path: Where to write the PNG (atomically).
+        max_per_class: Images shown per class (the first ones of each class).
+        max_classes: Classes shown (the first ones), or None for all.
+
+    Returns:
+        The layout of the written PNG.
+
+    Raises:
+        UserError: ``max_per_class`` or ``max_classes`` below 1.
+    """
+    if max_per_class < 1:
+        raise UserError(f"--max-per-class must be at least 1, got {max_per_class}")
+    if max_classes is not None and max_classes < 1:
+        raise UserError(f"--max-classes must be at least 1, got {max_classes}")
+    path = Path(path)
+    n, channels, h, w = syn.images.shape
+    scale = max(1, round(CELL_TARGET_PX / max(h, w)))
+    cell_h, cell_w = h * scale, w * scale
+    soft = syn.label_kind == "soft"
+    pitch_y = cell_h + GAP_PX + (PROB_BAND_PX if soft else 0)
+    pitch_x = cell_w + GAP_PX
+
+    max_rows = max(1, (MAX_FIGURE_PX - TITLE_PX - 2 * MARGIN_PX) // pitch_y)
+    limit = max_rows if max_classes is None else min(max_classes, max_rows)
+    classes, indices, cols = _pick_rows(syn, max_per_class, limit)
+    rows = len(classes)
+
+    names = [_short(syn.classes[c]) for c in classes]
+    label_px = min(10 + 7 * max([len(s) for s in names] + [1]), 170)
+    title = f"{_method_name(syn)} · {syn.dataset} · IPC {syn.ipc} · iteration {syn.iteration}"
+    shown = f"{sum(len(r) for r in indices)} of {n} images"
+    if rows < syn.num_classes:
+        shown += f", first {rows} of {syn.num_classes} classes"
+    subtitle = f"{shown} · {syn.label_kind} labels · {syn.preprocessing.kind} inverted to [0, 1]"
+    grid_w, grid_h = cols * pitch_x - GAP_PX, rows * pitch_y - GAP_PX
+    width = max(MARGIN_PX + label_px + grid_w + MARGIN_PX, 7 * max(len(title), len(subtitle)) + 2 * MARGIN_PX)
+    height = TITLE_PX + grid_h + MARGIN_PX
+
+    pixels = syn.preprocessing.invert(syn.images.detach().cpu().float()).numpy()  # (N, C, H, W) in [0, 1]
+    grey = channels == 1
+    mosaic = np.ones((grid_h, grid_w) if grey else (grid_h, grid_w, 3), dtype=np.float32)
+    for r, row in enumerate(indices):
+        for c, i in enumerate(row):
+            img = pixels[i, 0] if grey else pixels[i, :3].transpose(1, 2, 0)
+            if not grey and channels == 2:  # not a real case; keep it displayable
+                img = np.concatenate([img, np.zeros_like(img[..., :1])], axis=-1)
+            big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
+            y, x = r * pitch_y, c * pitch_x
+            mosaic[y : y + cell_h, x : x + cell_w] = big
+
+    fig = _new_figure(width, height)
+    left = MARGIN_PX + label_px
+    fig.figimage(
+        mosaic,
+        xo=left,
+        yo=MARGIN_PX,
+        origin="upper",
+        cmap="gray" if grey else None,
+        vmin=0.0,
+        vmax=1.0,
+        resize=False,
+    )
+
+    def to_fig(y_px: float, x_px: float) -> tuple[float, float]:
+        """Figure fraction of a pixel position given from the top left."""
+        return x_px / width, 1.0 - y_px / height
+
+    fig.text(*to_fig(8, MARGIN_PX), title, ha="left", va="top", fontsize=11, fontweight="bold")
+    fig.text(*to_fig(27, MARGIN_PX), subtitle, ha="left", va="top", fontsize=8.5, color="0.3")
+    probs = syn.labels.detach().cpu().float().numpy() if soft else None
+    for r, (cls, row) in enumerate(zip(classes, indices, strict=True)):
+        y_mid = TITLE_PX + r * pitch_y + cell_h / 2
+        fig.text(*to_fig(y_mid, left - 6), names[r], ha="right", va="center", fontsize=9)
+        if not row:
+            fig.text(*to_fig(y_mid, left), "(no images)", ha="left", va="center", fontsize=8, color="0.4")
+        if probs is not None:
+            for c, i in enumerate(row):
+                y_txt = TITLE_PX + r * pitch_y + cell_h + PROB_BAND_PX / 2
+                x_mid = left + c * pitch_x + cell_w / 2
+                p = float(probs[i, cls])
+                fig.text(*to_fig(y_txt, x_mid), f"p={p:.2f}", ha="center", va="center", fontsize=7)
+    _save_png(fig, path)
+    return GridLayout(
+        path=path,
+        classes=classes,
+        indices=indices,
+        scale=scale,
+        cell=(cell_h, cell_w),
+        pitch=(pitch_y, pitch_x),
+        origin=(TITLE_PX, left),
+        size=(height, width),
+    )
+
+
+def read_metrics(path: Path | str) -> list[dict[str, Any]]:
+    """Read a run's ``metrics.jsonl``: one dict per line.
+
+    A truncated last line (a run killed mid-write) is skipped.
+
+    Raises:
+        UserError: the file is missing or a line other than the last is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no metrics file {str(path)!r}; is this a run directory written by 'dcbench run'?")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {str(path)!r}: {exc}") from exc
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines):
+                continue
+            raise UserError(f"{str(path)!r} line {number} is not a JSON object; not a dcbench metrics log")
+        records.append(record)
+    return records
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _accuracy_keys(records: list[dict[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if "acc" in key.lower() and _number(value) is not None:
+                keys.setdefault(key, None)
+    return list(keys)
+
+
+def _series(points: list[tuple[float, dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for x, record in points:
+        y = _number(record.get(key))
+        if y is not None:
+            xs.append(x)
+            ys.append(y)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def _with_x(records: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
+    """Pair every record with its iteration (the ``iteration`` key, else the step count)."""
+    out: list[tuple[float, dict[str, Any]]] = []
+    steps = 0
+    for record in records:
+        if record.get("event") == "step":
+            steps += 1
+        x = _number(record.get("iteration"))
+        out.append((steps if x is None else x, record))
+    return out
+
+
+def _run_title(run_dir: Path) -> str:
+    label = run_dir.resolve().name
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        parts = [
+            str(config["method"]),
+            str(config["dataset"]),
+            f"IPC {config['ipc']}",
+            f"seed {config['seed']}",
+        ]
+        return f"{label}: " + " · ".join(parts)
+    except (OSError, ValueError, KeyError, TypeError):
+        return label
+
+
+def _log_if_wide(ax: Any, ys: np.ndarray) -> None:
+    finite = ys[np.isfinite(ys)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 20:
+        ax.set_yscale("log")
+
+
+def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
+    """Plot a run's matching loss, step size ``syn_lr`` and evaluation accuracies per iteration.
+
+    One panel per quantity logged in ``metrics.jsonl`` (absent ones are skipped); a run
+    with no distillation steps (the random method) gets one panel saying there is
+    nothing to plot.
+
+    Args:
+        run_dir: The run directory (holding ``metrics.jsonl``).
+        path: Where to write the PNG (atomically).
+
+    Returns:
+        The keys plotted (empty when there was nothing to plot).
+
+    Raises:
+        UserError: ``metrics.jsonl`` is missing or not a metrics log.
+    """
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / RUN_METRICS_NAME)
+    steps = [r for r in records if r.get("event") == "step"]
+    points = _with_x(records)
+    step_points = [(x, r) for x, r in points if r.get("event") == "step"]
+    panels: list[tuple[str, str, list[str]]] = []  # (title, y label, keys)
+    if _series(step_points, "loss")[0].size:
+        panels.append(("matching loss", "loss (dimensionless)", ["loss"]))
+    if _series(step_points, "syn_lr")[0].size:
+        panels.append(("learned step size", "syn_lr (student lr)", ["syn_lr"]))
+    acc_keys = _accuracy_keys(records)
+    if acc_keys:
+        panels.append(("evaluation", "test accuracy (%)", acc_keys))
+
+    title = _run_title(run_dir)
+    if steps:
+        elapsed = _number(steps[-1].get("elapsed_s"))
+        title += f"\n{len(steps)} iterations" + (f" in {elapsed:.1f} s" if elapsed is not None else "")
+    n_panels = max(len(panels), 1)
+    fig = _new_figure(760, 90 + 230 * n_panels)
+    axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle(title, fontsize=10)
+    if not panels:
+        ax = axes[0]
+        ax.set_axis_off()
+        why = "no distillation steps were logged" if not steps else "no loss, syn_lr or accuracy was logged"
+        method = "" if steps else "\n(the random baseline, or a run stopped before its first iteration)"
+        ax.text(
+            0.5, 0.5, f"Nothing to plot: {why}.{method}", ha="center", va="center", fontsize=11, wrap=True
+        )
+        _save_png(fig, Path(path))
+        return []
+
+    plotted: list[str] = []
+    for ax, (panel_title, ylabel, keys) in zip(axes, panels, strict=True):
+        source = points if panel_title == "evaluation" else step_points
+        for key in keys:
+            xs, ys = _series(source, key)
+            if panel_title == "evaluation" and ys.size and np.nanmax(np.abs(ys)) <= 1.0:
+                ys = ys * 100.0  # fractions to percent
+            marker = "o" if xs.size <= 50 or panel_title == "evaluation" else None
+            ax.plot(xs, ys, marker=marker, markersize=3, linewidth=1.2, label=key)
+            plotted.append(key)
+            if panel_title != "evaluation":
+                _log_if_wide(ax, ys)
+        ax.set_title(panel_title, fontsize=9, loc="left")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=8)
+    axes[-1].set_xlabel("outer iteration")
+    fig.tight_layout()
+    _save_png(fig, Path(path))
+    return plotted
+
+
+def _resolve_outputs(source: Path, output: Path | None, is_run: bool) -> dict[str, Path]:
+    """Map each figure ("images", "curves") to its output file."""
+    default_image = IMAGES_NAME if is_run else source.with_suffix(".png").name
+    if output is None:
+        folder = source if is_run else source.parent
+    elif output.is_dir() or not output.suffix:
+        folder = output
+    elif output.suffix.lower() == ".png":
+        if is_run:
+            raise UserError(
+                f"{str(source)!r} is a run directory: 'show' writes {IMAGES_NAME} and {CURVES_NAME}, "
+                "so --output must be a directory"
+            )
+        return {"images": output}
+    else:
+        raise UserError(
+            f"--output {str(output)!r}: figures are written as PNG; use a .png file or a directory"
+        )
+    outputs = {"images": folder / default_image}
+    if is_run:
+        outputs["curves"] = folder / CURVES_NAME
+    return outputs
+
+
+@click.command(name="show")
+@click.argument("target", metavar="FILE_OR_RUN_DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .png file (for a set file) or a directory [next to the input: images.png, curves.png].",
+)
+@click.option("--max-per-class", type=int, default=10, show_default=True, help="Images shown per class.")
+@click.option("--max-classes", type=int, default=None, help="Classes shown (the first ones) [all].")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def show(
+    target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool
+) -> None:
+    """Draw a synthetic set as an image grid; for a run directory, also its learning curves."""
+    if not target.exists():
+        raise UserError(f"{str(target)!r} does not exist; give a synthetic-set file or a run directory")
+    is_run = target.is_dir()
+    if is_run:
+        have = {name: (target / name).is_file() for name in (RUN_SET_NAME, RUN_METRICS_NAME)}
+        if not any(have.values()):
+            raise UserError(
+                f"{str(target)!r} is not a dcbench run directory (no {RUN_SET_NAME} or {RUN_METRICS_NAME})"
+            )
+        missing = [name for name, ok in have.items() if not ok]
+        if missing:
+            raise UserError(
+                f"run directory {str(target)!r} has no {' or '.join(missing)}; did the run finish? "
+                "(give the synthetic-set file itself to draw only its images)"
+            )
+    set_file = target / RUN_SET_NAME if is_run else target
+    outputs = _resolve_outputs(target, output, is_run)
+    existing = [str(p) for p in outputs.values() if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    for p in outputs.values():
+        if p.is_dir():
+            raise UserError(f"{str(p)!r} is a directory; cannot write a PNG there")
+    syn = SyntheticSet.load(set_file)
+    if is_run:
+        read_metrics(target / RUN_METRICS_NAME)  # fail on a bad log before writing anything
+    layout = image_grid(syn, outputs["images"], max_per_class=max_per_class, max_classes=max_classes)
+    click.echo(f"images: {layout.path}  ({len(layout.classes)} classes x up to {max_per_class} images)")
+    if is_run:
+        plotted = learning_curves(target, outputs["curves"])
+        what = ", ".join(plotted) if plotted else "nothing to plot (no distillation steps)"
+        click.echo(f"curves: {outputs['curves']}  ({what})")
