@@ -25,6 +25,7 @@ from torch import nn
 
 from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
 from dcbench_tesla.profiling.saved_tensors import SavedTensorMeter
+from dcbench_tesla.provenance import provenance
 
 N_IMAGES, N_CLASSES, BATCH = 12, 3, 4
 
@@ -172,6 +173,12 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
     memory_steps = [int(s) for s in args.memory_steps.split(",")]
 
+    prov = provenance("cpu")
+    print("# Trajectory-matching engines: gradient agreement and saved-tensor memory\n")
+    print(
+        f"Command: `python benchmarks/engine_agreement.py` ; device: {prov['device']} ; threads: {prov['threads']} ; "
+        f"versions: {prov['versions']} ; git {prov['git_revision']}\n"
+    )
     probe = make_problem(1, torch.float64, args.beta)
     params = probe.theta_start.numel()
     lam = top_hessian_eigenvalue(probe)

@@ -146,9 +146,7 @@ def _split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dic
         if dot:
             target = next((m for m in methods if _same_method(m, scope)), None)
             if target is None:
-                raise UserError(
-                    f"--set {key}: {scope!r} is not one of the bench's methods ({', '.join(methods)})"
-                )
+                raise UserError(f"--set {key}: {scope!r} is not one of the bench's methods ({', '.join(methods)})")
             scoped.append((target, name.replace("-", "_"), value))
             continue
         name = key.replace("-", "_")
@@ -158,9 +156,7 @@ def _split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dic
             close = difflib.get_close_matches(name, every, n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             listing = "; ".join(f"{m}: {', '.join(sorted(fields[m]))}" for m in methods)
-            raise UserError(
-                f"--set {key}: no method of this bench has an option {name!r}.{hint} Options: {listing}."
-            )
+            raise UserError(f"--set {key}: no method of this bench has an option {name!r}.{hint} Options: {listing}.")
         for m in takers:
             per_method[m][name] = value
     for method, name, value in scoped:  # scoped options win over plain ones
@@ -170,12 +166,8 @@ def _split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dic
 
 def _resolved_iterations(run_request: RunRequest) -> int:
     method_spec = spec(run_request.method)
-    options, _, _ = runner.resolve_method_options(
-        dataclasses.replace(run_request, iterations=None), method_spec
-    )
-    built = build_options(
-        distiller_class(method_spec).Config, options, owner=f"method {run_request.method!r}"
-    )
+    options, _, _ = runner.resolve_method_options(dataclasses.replace(run_request, iterations=None), method_spec)
+    built = build_options(distiller_class(method_spec).Config, options, owner=f"method {run_request.method!r}")
     return int(getattr(built, "iterations", 0))
 
 
@@ -238,9 +230,7 @@ def plan(request: BenchRequest) -> BenchPlan:
     for method in methods:
         method_spec = spec(method)
         config_cls = distiller_class(method_spec).Config
-        built = build_options(
-            config_cls, {**method_spec.kwargs, **per_method[method]}, owner=f"method {method!r}"
-        )
+        built = build_options(config_cls, {**method_spec.kwargs, **per_method[method]}, owner=f"method {method!r}")
         normalised[method] = {key: getattr(built, key) for key in per_method[method]}
         for ipc in ipcs:
             run_request = RunRequest(method=method, ipc=ipc, options=per_method[method], **common)

@@ -9,12 +9,12 @@ cards; a preset or ``--set`` only overrides them.
 from __future__ import annotations
 
 import inspect
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import tomllib
 
 from dcbench_tesla.errors import UserError
 
@@ -65,9 +65,7 @@ def _preset_text(name_or_path: str) -> tuple[str, str]:
         return path.read_text(encoding="utf-8"), str(path)
     name = name_or_path[: -len(".toml")] if name_or_path.endswith(".toml") else name_or_path
     if name in preset_names():
-        return resources.files("dcbench_tesla").joinpath("presets", f"{name}.toml").read_text(
-            encoding="utf-8"
-        ), name
+        return resources.files("dcbench_tesla").joinpath("presets", f"{name}.toml").read_text(encoding="utf-8"), name
     raise UserError(
         f"--preset {name_or_path!r} is neither a file nor a shipped preset; "
         f"presets: {', '.join(preset_names()) or '(none)'}"
@@ -81,9 +79,7 @@ def _flatten_set(table: dict[str, Any], where: str) -> dict[str, Any]:
         if isinstance(value, dict):
             for sub, sub_value in value.items():
                 if isinstance(sub_value, dict):
-                    raise UserError(
-                        f"{where}: [set.{key}.{sub}] nests too deep; use [set.<method>] key = value"
-                    )
+                    raise UserError(f"{where}: [set.{key}.{sub}] nests too deep; use [set.<method>] key = value")
                 flat[f"{key}.{sub}"] = sub_value
         else:
             flat[key] = value
@@ -103,15 +99,11 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise UserError(f"preset {where!r} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - set(PRESET_KEYS))
     if unknown:
-        raise UserError(
-            f"preset {where!r}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(PRESET_KEYS)}"
-        )
+        raise UserError(f"preset {where!r}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(PRESET_KEYS)}")
     for key, value in data.items():
         expected = PRESET_KEYS[key]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(
-                f"preset {where!r}: {key} must be {getattr(expected, '__name__', expected)}, got {value!r}"
-            )
+            raise UserError(f"preset {where!r}: {key} must be {getattr(expected, '__name__', expected)}, got {value!r}")
     if "set" in data:
         data["set"] = _flatten_set(data["set"], f"preset {where!r}")
     return data
@@ -150,9 +142,7 @@ def parse_set(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip() or key.strip().endswith("."):
-            raise UserError(
-                f"--set expects KEY=VALUE or METHOD.KEY=VALUE, got {pair!r} (e.g. --set mtt.lr_img=100)"
-            )
+            raise UserError(f"--set expects KEY=VALUE or METHOD.KEY=VALUE, got {pair!r} (e.g. --set mtt.lr_img=100)")
         parsed[key.strip()] = value.strip()
     return parsed
 
@@ -169,9 +159,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
     methods = pick(_csv(kw["methods"], "--methods"), "methods")
     ipcs = pick(parse_ipcs(kw["ipc"]), "ipcs")
     if not methods:
-        raise UserError(
-            "--methods is required (or a --preset that names them), e.g. --methods random,dm,mtt,tesla"
-        )
+        raise UserError("--methods is required (or a --preset that names them), e.g. --methods random,dm,mtt,tesla")
     if not ipcs:
         raise UserError("--ipc is required (or a --preset that names them), e.g. --ipc 1,10,50")
     if kw["output"] is None:
@@ -240,9 +228,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
     default=None,
     help="Bench directory (required; run again to resume).",
 )
-@click.option(
-    "--overwrite", is_flag=True, help="Discard the results in --output and compute every cell again."
-)
+@click.option("--overwrite", is_flag=True, help="Discard the results in --output and compute every cell again.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def bench(**kw: Any) -> None:
     """Run every (method, IPC) cell, resumably, and write results.csv and the paper's tables.
@@ -257,8 +243,5 @@ def bench(**kw: Any) -> None:
 
 
 bench.help = (
-    inspect.cleandoc(bench.help or "")
-    + "\n\nShipped presets: "
-    + (", ".join(preset_names()) or "(none)")
-    + "."
+    inspect.cleandoc(bench.help or "") + "\n\nShipped presets: " + (", ".join(preset_names()) or "(none)") + "."
 )

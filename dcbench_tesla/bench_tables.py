@@ -139,9 +139,7 @@ def provenance_lines(records: dict[str, dict[str, Any]], manifest: dict[str, Any
     """Markdown bullet lines: command, versions, device, threads and git revision of the cells."""
     provs = [r.get("provenance") or {} for r in records.values()]
     versions = [", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items()) for p in provs]
-    commands = [f"`{p['command']}`" for p in provs if p.get("command")] or [
-        f"`{manifest.get('command', '')}`"
-    ]
+    commands = [f"`{p['command']}`" for p in provs if p.get("command")] or [f"`{manifest.get('command', '')}`"]
     protocol = manifest["request"]["protocol"]
     return [
         f"- command: {_distinct(commands)}",
@@ -177,9 +175,7 @@ def _table1(frame: pd.DataFrame, manifest: dict[str, Any], markdown: bool) -> tu
             beside = next((m for m in methods if m in set(with_base["method"])), None)
             row[RANDOM] = _entry(with_base[with_base["method"] == beside], markdown, baseline=True)
             if beside is not None:
-                notes.append(
-                    f"random at IPC {ipc}: the real subset evaluated beside {beside} (its protocol and lr)"
-                )
+                notes.append(f"random at IPC {ipc}: the real subset evaluated beside {beside} (its protocol and lr)")
         for method in methods:
             row[method] = _entry(at_ipc[at_ipc["method"] == method], markdown)
         if request.get("whole_dataset"):
@@ -265,9 +261,7 @@ def write_tables(bench_dir: Path | str) -> list[Path]:
     if reference is not None:
         lines += ["", "## The papers' numbers (%), for comparison", "", markdown_table(reference)]
     write_text_atomic(bench_dir / "table1.md", "\n".join(lines) + "\n")
-    write_text_atomic(
-        bench_dir / "table1.csv", _table1(frame, manifest, markdown=False)[0].to_csv(index=False)
-    )
+    write_text_atomic(bench_dir / "table1.csv", _table1(frame, manifest, markdown=False)[0].to_csv(index=False))
     written += [bench_dir / "table1.md", bench_dir / "table1.csv"]
 
     if len(request["eval_models"]) > 1:
@@ -285,8 +279,6 @@ def write_tables(bench_dir: Path | str) -> list[Path]:
             "Rows: the synthetic set of a method at one IPC; columns: the architecture trained on it.",
         ]
         write_text_atomic(bench_dir / "table2.md", "\n".join(lines) + "\n")
-        write_text_atomic(
-            bench_dir / "table2.csv", _table2(frame, manifest, markdown=False).to_csv(index=False)
-        )
+        write_text_atomic(bench_dir / "table2.csv", _table2(frame, manifest, markdown=False).to_csv(index=False))
         written += [bench_dir / "table2.md", bench_dir / "table2.csv"]
     return written

@@ -51,13 +51,35 @@ def main() -> None:
 @click.option("--dataset", default="digits", show_default=True, help="Dataset (see 'dcbench ls datasets').")
 @click.option("--ipc", type=int, default=10, show_default=True, help="Synthetic images per class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw of the run.")
-@click.option("--output", type=click.Path(path_type=Path), default=None, help="Run directory [runs/<method>-<dataset>-ipc<N>-seed<S>].")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory [runs/<method>-<dataset>-ipc<N>-seed<S>].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the files of an existing run directory.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="JSON/TOML file of method options.")
-@click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE", help="Method option (repeatable), e.g. --set lr_img=100.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON/TOML file of method options.",
+)
+@click.option(
+    "--set",
+    "set_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method option (repeatable), e.g. --set lr_img=100.",
+)
 @click.option("--iterations", type=int, default=None, help="Outer distillation iterations (method option).")
 @click.option("--zca/--no-zca", default=None, help="ZCA-whiten the data [the method's config card decides].")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="Directory holding dataset folders [$DCBENCH_DATA].")
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory holding dataset folders [$DCBENCH_DATA].",
+)
 @click.option("--eval-models", default=None, help="Comma-separated architectures to evaluate on [dataset default].")
 @click.option("--protocol", default=None, help="Evaluation protocol [short on digits, paper elsewhere].")
 @click.option("--num-eval", type=int, default=None, help="Models trained per architecture [5].")
@@ -68,7 +90,13 @@ def main() -> None:
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [cuda when present].")
 @click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).")
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
 def run(**kw: Any) -> None:
     """Distil a synthetic set, evaluate it, and write a run directory."""
@@ -166,9 +194,7 @@ def ls_command(kind: str | None) -> None:
     show_default=True,
     help="ZCA-whiten the data (must match the runs that use the experts).",
 )
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Base seed; expert i is seeded from (seed, i)."
-)
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed; expert i is seeded from (seed, i).")
 @click.option(
     "--data-root",
     type=click.Path(path_type=Path),

@@ -88,4 +88,7 @@ def check_method(
     first = _run_episode(method_id, dataset, ipc, seed, steps, overrides)
     second = _run_episode(method_id, dataset, ipc, seed, steps, overrides)
     if not torch.equal(first.images, second.images) or not torch.equal(first.labels, second.labels):
-        _fail(method_id, "two episodes with the same seed produced different synthetic sets (seed every draw in reset)")
+        _fail(
+            method_id,
+            "two episodes with the same seed produced different synthetic sets (seed every draw in reset)",
+        )

@@ -1,11 +1,11 @@
 """The Distiller protocol: a distillation method as a Gymnasium-style environment.
 
-    d = make("tesla")
-    info = d.reset(dataset=ds, ipc=10, seed=0)   # the ONLY place randomness is seeded
-    for _ in range(iterations):
-        info = d.step()                           # {"loss": ..., "syn_lr": ..., ...}
-    syn = d.synthetic_set()
-    d.close()
+d = make("tesla")
+info = d.reset(dataset=ds, ipc=10, seed=0)   # the ONLY place randomness is seeded
+for _ in range(iterations):
+    info = d.step()                           # {"loss": ..., "syn_lr": ..., ...}
+syn = d.synthetic_set()
+d.close()
 """
 
 from __future__ import annotations

@@ -43,14 +43,17 @@ def evaluate_file(
         raise UserError(f"--output {str(output)!r} exists; choose another path (results are never overwritten)")
     torch_device = resolve_device(device)
     chosen = resolve_protocol(
-        RunRequest(method="eval", protocol=protocol, num_eval_models=num_models, eval_epochs=epochs), syn.dataset
+        RunRequest(method="eval", protocol=protocol, num_eval_models=num_models, eval_epochs=epochs),
+        syn.dataset,
     )
     arches = check_models(models or [DATASETS.get(syn.dataset).default_model])
     dataset = load_dataset(syn.dataset, data_root).with_preprocessing(syn.preprocessing)
     if dataset.classes != syn.classes:
         raise UserError(f"{str(path)!r}: its class list does not match dataset {syn.dataset!r} on disk")
     if tuple(syn.images.shape[1:]) != dataset.image_shape:
-        raise UserError(f"{str(path)!r}: images {tuple(syn.images.shape[1:])} but {syn.dataset} has {dataset.image_shape}")
+        raise UserError(
+            f"{str(path)!r}: images {tuple(syn.images.shape[1:])} but {syn.dataset} has {dataset.image_shape}"
+        )
     eval_lr = lr if lr is not None else (syn.lr if syn.lr is not None else chosen.fixed_lr)
     result = evaluate_images(syn.images, syn.labels, dataset, arches, eval_lr, chosen, seed, torch_device, True)
     record = {"file": str(path), "evaluation": result.to_dict(), "provenance": provenance(torch_device)}

@@ -98,7 +98,13 @@ class ArchitectureResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
-        return {"model": self.model, "lr": self.lr, "accuracies": self.accuracies, "mean": self.mean, "std": self.std}
+        return {
+            "model": self.model,
+            "lr": self.lr,
+            "accuracies": self.accuracies,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
 
 @dataclass
@@ -157,7 +163,9 @@ def train_and_test(
         model = build_model(model_name, channels=c, num_classes=dataset.num_classes, image_size=h).to(device)
     generator = torch.Generator().manual_seed(seed)
     augment = DSA(protocol.dsa_strategy)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
+    )
     decay_epoch = math.floor(protocol.epochs * protocol.decay_at)
     images, labels = images.to(device), labels.to(device)
     model.train()

@@ -55,7 +55,13 @@ RESULT_SCHEMA: dict[str, str] = {
     "provenance": "versions, device, threads, command, git revision",
 }
 
-RUN_FILES = ("config.json", "metrics.jsonl", "synthetic_set.safetensors", "result.json", "checkpoint.safetensors")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "synthetic_set.safetensors",
+    "result.json",
+    "checkpoint.safetensors",
+)
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -158,7 +164,9 @@ def resolve_protocol(request: RunRequest, dataset_name: str) -> EvaluationProtoc
     return protocol.replace(num_models=request.num_eval_models, epochs=request.eval_epochs)
 
 
-def evaluation_lr(method_spec: MethodSpec, syn: SyntheticSet, override: float | None, protocol: EvaluationProtocol) -> float:
+def evaluation_lr(
+    method_spec: MethodSpec, syn: SyntheticSet, override: float | None, protocol: EvaluationProtocol
+) -> float:
     """The lr the protocol trains with: the flag, else the learned lr, else the method's fixed lr."""
     if override is not None:
         if not override > 0:
@@ -201,7 +209,13 @@ class StopRequests:
 
 def run_identity(request: RunRequest, options: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote the checkpoint."""
-    return {"method": request.method, "dataset": request.dataset, "ipc": request.ipc, "seed": request.seed, "options": options}
+    return {
+        "method": request.method,
+        "dataset": request.dataset,
+        "ipc": request.ipc,
+        "seed": request.seed,
+        "options": options,
+    }
 
 
 def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path) -> Any:
@@ -213,13 +227,21 @@ def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path)
     total = distiller.iterations
     limit = IterationLimit(distiller, total)
     log = MetricsLog(limit, run_dir / "metrics.jsonl", fresh=not request.resume)
-    ckpt = Checkpoint(log, run_dir / CHECKPOINT, request.checkpoint_every, run_identity(request, distiller.options_dict()))
+    ckpt = Checkpoint(
+        log, run_dir / CHECKPOINT, request.checkpoint_every, run_identity(request, distiller.options_dict())
+    )
     ckpt.reset(dataset, request.ipc, request.seed)
     if request.resume:
         limit.done_iterations = ckpt.restore()
         log.keep_until(limit.done_iterations)
         print(f"resuming {request.method} from iteration {limit.done_iterations} of {total} ({run_dir / CHECKPOINT})")
-    env = ProgressBar(ckpt, total=total, enabled=request.progress, desc=f"distil {request.method}", initial=limit.done_iterations)
+    env = ProgressBar(
+        ckpt,
+        total=total,
+        enabled=request.progress,
+        desc=f"distil {request.method}",
+        initial=limit.done_iterations,
+    )
     with StopRequests() as stop:
         while not limit.finished:
             try:
@@ -258,7 +280,9 @@ def run(request: RunRequest) -> dict[str, Any]:
         raise UserError("--checkpoint-every must be 0 (only on interrupt) or a positive number of iterations")
     run_dir = prepare_output(Path(request.output or default_output(request)), request.overwrite, request.resume)
     if method_spec.config_cards and method_spec.card_for(request.dataset, request.ipc) is None:
-        print(f"notice: no config card for {request.method} on {request.dataset} at IPC {request.ipc}; using its defaults")
+        print(
+            f"notice: no config card for {request.method} on {request.dataset} at IPC {request.ipc}; using its defaults"
+        )
 
     dataset = load_dataset(request.dataset, request.data_root, zca=zca, cache_dir=request.cache_dir)
     check_ipc(dataset, request.ipc)
@@ -267,7 +291,11 @@ def run(request: RunRequest) -> dict[str, Any]:
         if (run_dir / name).exists():
             (run_dir / name).unlink()
 
-    context = RunContext(device=device, progress=request.progress, **({"cache_dir": request.cache_dir} if request.cache_dir else {}))
+    context = RunContext(
+        device=device,
+        progress=request.progress,
+        **({"cache_dir": request.cache_dir} if request.cache_dir else {}),
+    )
     distiller = make(request.method, context, **options)
     config_record = {
         "method": request.method,
@@ -293,15 +321,37 @@ def run(request: RunRequest) -> dict[str, Any]:
     syn.save(run_dir / "synthetic_set.safetensors")
 
     lr = evaluation_lr(method_spec, syn, request.eval_lr, protocol)
-    evaluation = evaluate_images(syn.images, syn.labels, dataset, models, lr, protocol, request.seed, device, request.progress, "evaluate")
+    evaluation = evaluate_images(
+        syn.images,
+        syn.labels,
+        dataset,
+        models,
+        lr,
+        protocol,
+        request.seed,
+        device,
+        request.progress,
+        "evaluate",
+    )
     baseline = None
     if request.baseline and request.method != "random":
         images, labels = random_real_subset(dataset, request.ipc, request.seed)
-        baseline = evaluate_images(images, labels, dataset, models, lr, protocol, request.seed, device, request.progress, "baseline")
+        baseline = evaluate_images(
+            images, labels, dataset, models, lr, protocol, request.seed, device, request.progress, "baseline"
+        )
     whole = None
     if request.whole_dataset:
         whole = evaluate_images(
-            dataset.train_images, dataset.train_labels, dataset, models, protocol.fixed_lr, protocol, request.seed, device, request.progress, "whole dataset"
+            dataset.train_images,
+            dataset.train_labels,
+            dataset,
+            models,
+            protocol.fixed_lr,
+            protocol,
+            request.seed,
+            device,
+            request.progress,
+            "whole dataset",
         )
     record = {
         "schema_version": RESULT_SCHEMA_VERSION,

@@ -345,9 +345,7 @@ def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
         ax.set_axis_off()
         why = "no distillation steps were logged" if not steps else "no loss, syn_lr or accuracy was logged"
         method = "" if steps else "\n(the random baseline, or a run stopped before its first iteration)"
-        ax.text(
-            0.5, 0.5, f"Nothing to plot: {why}.{method}", ha="center", va="center", fontsize=11, wrap=True
-        )
+        ax.text(0.5, 0.5, f"Nothing to plot: {why}.{method}", ha="center", va="center", fontsize=11, wrap=True)
         _save_png(fig, Path(path))
         return []
 
@@ -389,9 +387,7 @@ def _resolve_outputs(source: Path, output: Path | None, is_run: bool) -> dict[st
             )
         return {"images": output}
     else:
-        raise UserError(
-            f"--output {str(output)!r}: figures are written as PNG; use a .png file or a directory"
-        )
+        raise UserError(f"--output {str(output)!r}: figures are written as PNG; use a .png file or a directory")
     outputs = {"images": folder / default_image}
     if is_run:
         outputs["curves"] = folder / CURVES_NAME
@@ -409,9 +405,7 @@ def _resolve_outputs(source: Path, output: Path | None, is_run: bool) -> dict[st
 @click.option("--max-per-class", type=int, default=10, show_default=True, help="Images shown per class.")
 @click.option("--max-classes", type=int, default=None, help="Classes shown (the first ones) [all].")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def show(
-    target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool
-) -> None:
+def show(target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool) -> None:
     """Draw a synthetic set as an image grid; for a run directory, also its learning curves."""
     if not target.exists():
         raise UserError(f"{str(target)!r} does not exist; give a synthetic-set file or a run directory")
@@ -419,9 +413,7 @@ def show(
     if is_run:
         have = {name: (target / name).is_file() for name in (RUN_SET_NAME, RUN_METRICS_NAME)}
         if not any(have.values()):
-            raise UserError(
-                f"{str(target)!r} is not a dcbench run directory (no {RUN_SET_NAME} or {RUN_METRICS_NAME})"
-            )
+            raise UserError(f"{str(target)!r} is not a dcbench run directory (no {RUN_SET_NAME} or {RUN_METRICS_NAME})")
         missing = [name for name, ok in have.items() if not ok]
         if missing:
             raise UserError(

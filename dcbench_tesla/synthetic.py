@@ -77,11 +77,15 @@ class SyntheticSet:
         """Check shapes and values; raise UserError on anything inconsistent."""
         n = self.images.shape[0]
         if self.images.ndim != 4 or not self.images.is_floating_point():
-            raise UserError(f"synthetic set: images must be a float (N, C, H, W) tensor, got {tuple(self.images.shape)}")
+            raise UserError(
+                f"synthetic set: images must be a float (N, C, H, W) tensor, got {tuple(self.images.shape)}"
+            )
         if self.labels.shape[0] != n:
             raise UserError(f"synthetic set: {n} images but {self.labels.shape[0]} labels")
         if self.label_kind == "soft" and (self.labels.ndim != 2 or self.labels.shape[1] != self.num_classes):
-            raise UserError(f"synthetic set: soft labels must be (N, {self.num_classes}), got {tuple(self.labels.shape)}")
+            raise UserError(
+                f"synthetic set: soft labels must be (N, {self.num_classes}), got {tuple(self.labels.shape)}"
+            )
         if self.label_kind == "hard":
             if self.labels.ndim != 1 or (n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)):
                 raise UserError(f"synthetic set: hard labels must be (N,) class indices below {self.num_classes}")
@@ -113,7 +117,10 @@ class SyntheticSet:
     def save(self, path: Path | str) -> Path:
         """Write the set atomically to ``path`` (safetensors)."""
         self.validate()
-        tensors = {"images": self.images.detach().cpu().float().contiguous(), "labels": self.labels.detach().cpu().contiguous()}
+        tensors = {
+            "images": self.images.detach().cpu().float().contiguous(),
+            "labels": self.labels.detach().cpu().contiguous(),
+        }
         if self.preprocessing.zca is not None:
             tensors["zca_mean"] = self.preprocessing.zca.mean.detach().cpu().float().contiguous()
             tensors["zca_matrix"] = self.preprocessing.zca.matrix.detach().cpu().float().contiguous()
@@ -140,7 +147,9 @@ class SyntheticSet:
                 f"(format {meta.get('format')!r}); write sets with 'dcbench run' or SyntheticSet.save"
             )
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(f"{str(path)!r} has format version {meta['format_version']}; upgrade dcbench-tesla to read it")
+            raise UserError(
+                f"{str(path)!r} has format version {meta['format_version']}; upgrade dcbench-tesla to read it"
+            )
         missing = {"images", "labels"} - set(tensors)
         if missing:
             raise UserError(f"{str(path)!r} is missing tensors {sorted(missing)}")
@@ -148,7 +157,11 @@ class SyntheticSet:
             norm = meta["normalisation"]
             zca = None
             if norm["kind"] == "zca":
-                zca = ZCAState(mean=tensors["zca_mean"], matrix=tensors["zca_matrix"], eps=float(meta.get("zca_eps") or 0.1))
+                zca = ZCAState(
+                    mean=tensors["zca_mean"],
+                    matrix=tensors["zca_matrix"],
+                    eps=float(meta.get("zca_eps") or 0.1),
+                )
             syn = cls(
                 images=tensors["images"],
                 labels=tensors["labels"],

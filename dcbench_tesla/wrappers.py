@@ -162,7 +162,11 @@ class Checkpoint(Wrapper):
         """Write the checkpoint now (atomically: a crash keeps the previous one readable)."""
         from dcbench_tesla.state_io import save_state
 
-        state = {"iteration": self.done_iterations, "identity": self.identity, "distiller": self.env.state_dict()}
+        state = {
+            "iteration": self.done_iterations,
+            "identity": self.identity,
+            "distiller": self.env.state_dict(),
+        }
         return save_state(self.path, state)
 
     def restore(self) -> int:
@@ -202,7 +206,9 @@ class EvaluateEvery(Wrapper):
 class ProgressBar(Wrapper):
     """A tqdm bar over the iterations, showing the latest loss."""
 
-    def __init__(self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil", initial: int = 0) -> None:  # noqa: D107
+    def __init__(
+        self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil", initial: int = 0
+    ) -> None:  # noqa: D107
         super().__init__(env)
         self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled or total == 0, leave=False)
 

@@ -55,7 +55,8 @@ class TrajectoryMatchingConfig:
         model: Student model (None: the dataset's default).
         dsa_strategy: DSA families applied at each inner step ("none" to disable).
         num_experts: Expert trajectories to use (trained and cached if missing).
-        expert_train_epochs: Epochs per expert when they must be trained.
+        expert_train_epochs: Epochs per expert when they must be trained (at lr ``lr_teacher``).
+        expert_batch_size: Batch size of expert training.
         experts_dir: Use the expert store in this directory instead of the cache.
     """
 
@@ -77,6 +78,7 @@ class TrajectoryMatchingConfig:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     num_experts: int = 100
     expert_train_epochs: int = 50
+    expert_batch_size: int = 256
     experts_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -168,7 +170,11 @@ class TrajectoryMatching(Distiller):
         )
         self.batches = SyntheticBatches(self.images.shape[0], opts.batch_syn, self.generator)
         self.augmenter = DSA(opts.dsa_strategy)
-        return {"num_images": int(self.images.shape[0]), "num_params": self.flat.numel, "experts": self.experts.num_experts}
+        return {
+            "num_images": int(self.images.shape[0]),
+            "num_params": self.flat.numel,
+            "experts": self.experts.num_experts,
+        }
 
     def _experts(self, dataset: Dataset) -> Any:
         """The injected expert source, an explicit store, or the cached (trained if missing) one."""
@@ -186,10 +192,17 @@ class TrajectoryMatching(Distiller):
                     model=self.model_name,
                     num_experts=opts.num_experts,
                     epochs=opts.expert_train_epochs,
+                    lr=opts.lr_teacher,
+                    batch_size=opts.expert_batch_size,
                     zca=dataset.preprocessing.zca is not None,
                 )
                 experts = ensure_experts(
-                    dataset, config, self.context.cache_dir, self.context.device, self.context.notice, self.context.progress
+                    dataset,
+                    config,
+                    self.context.cache_dir,
+                    self.context.device,
+                    self.context.notice,
+                    self.context.progress,
                 )
             experts.check_compatible(dataset, self.flat.to_dict())
         needed = opts.max_start_epoch + opts.expert_epochs
@@ -342,7 +355,7 @@ _LR = {"cifar10": (1000.0, 1e-5), "cifar100": (1000.0, 1e-5), "imagenet64": (100
 _DIGITS = "tuned here on digits (8x8, CPU budget): see reports/ and the README"
 
 
-def _paper_cards() -> tuple[ConfigCard, ...]:
+def _paper_cards(sla_datasets: tuple[str, ...]) -> tuple[ConfigCard, ...]:
     cards = []
     for (dataset, ipc), (steps, expert_epochs, max_start, batch, zca) in _PAPER_TABLE.items():
         lr_img, lr_lr = _LR[dataset]
@@ -357,27 +370,45 @@ def _paper_cards() -> tuple[ConfigCard, ...]:
             "num_experts": 50 if dataset == "imagenet64" else 100,
             "expert_train_epochs": 50,
         }
+        if dataset in sla_datasets:
+            options["labels"] = "sla"
         cards.append(ConfigCard(dataset, ipc, options, zca=zca, source=_PAPER))
     return tuple(cards)
 
 
 def _digits_cards() -> tuple[ConfigCard, ...]:
+    # digits has 1,438 training images: an epoch at batch 256 is 6 SGD steps, too few for the
+    # teacher at epoch 2-12 to give informative soft labels, so experts train at batch 32.
     common = {
         "num_experts": 5,
         "expert_train_epochs": 15,
+        "expert_batch_size": 32,
         "expert_epochs": 2,
         "max_start_epoch": 10,
         "lr_lr": 1e-5,
         "lr_teacher": 0.01,
     }
     return (
-        ConfigCard("digits", 1, {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0}, zca=False, source=_DIGITS),
-        ConfigCard("digits", 10, {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0}, zca=False, source=_DIGITS),
+        ConfigCard(
+            "digits",
+            1,
+            {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0},
+            zca=False,
+            source=_DIGITS,
+        ),
+        ConfigCard(
+            "digits",
+            10,
+            {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0},
+            zca=False,
+            source=_DIGITS,
+        ),
     )
 
 
-def _cards() -> tuple[ConfigCard, ...]:
-    return _paper_cards() + _digits_cards()
+def _cards(sla_datasets: tuple[str, ...]) -> tuple[ConfigCard, ...]:
+    """Cards shared by the variants; ``sla_datasets`` switch on Soft Label Assignment."""
+    return _paper_cards(sla_datasets) + _digits_cards()
 
 
 _SMOKE = {
@@ -391,26 +422,31 @@ _SMOKE = {
 }
 
 
-def _variant(method_id: str, engine: str, labels: str, description: str, paper: str, accuracy: dict) -> MethodSpec:
+def _variant(
+    method_id: str, engine: str, sla_datasets: tuple[str, ...], description: str, paper: str, accuracy: dict
+) -> MethodSpec:
     """A trajectory-matching variant: the same distiller with another engine / label rule."""
     return MethodSpec(
         id=method_id,
         entry_point="dcbench_tesla_methods.trajectory_matching:TrajectoryMatching",
-        kwargs={"engine": engine, "labels": labels},
+        kwargs={"engine": engine, "labels": "hard"},
         description=description,
         paper=paper,
         reference_accuracy=accuracy,
-        config_cards=_cards(),
+        config_cards=_cards(sla_datasets),
         eval_lr="learned",
         smoke_options=dict(_SMOKE),
     )
 
 
+# The paper uses Soft Label Assignment for ImageNet-1K (appendix A.12); elsewhere hard labels.
+# On digits SLA hurts: the teachers' softmax at temperature 1 is nearly uniform (see README).
+_SLA_DATASETS = ("imagenet64",)
 _TESLA = "Cui, Wang, Si, Hsieh. Scaling Up Dataset Distillation to ImageNet-1K with Constant Memory. ICML 2023"
 MTT_SPEC = _variant(
     "mtt",
     "unrolled",
-    "hard",
+    (),
     "MTT: unrolled trajectory matching, hard labels (memory linear in syn_steps)",
     "Cazenavette et al. Dataset Distillation by Matching Training Trajectories. CVPR 2022",
     {"cifar10": {1: 46.3, 10: 65.3, 50: 71.6}, "cifar100": {1: 24.3, 10: 40.6, 50: 47.7}},
@@ -418,8 +454,8 @@ MTT_SPEC = _variant(
 TESLA_SPEC = _variant(
     "tesla",
     "tesla",
-    "sla",
-    "TESLA: constant-memory first-order matching gradient + soft labels from the teacher (SLA)",
+    _SLA_DATASETS,
+    "TESLA: constant-memory first-order matching gradient; soft labels from the teacher (SLA) on ImageNet",
     _TESLA,
     {
         "cifar10": {1: 48.5, 10: 66.4, 50: 72.6},
@@ -430,8 +466,8 @@ TESLA_SPEC = _variant(
 TESLA_EXACT_SPEC = _variant(
     "tesla-exact",
     "adjoint",
-    "sla",
-    "ours: TESLA's constant memory with MTT's exact gradient (adjoint sweep), SLA labels",
+    _SLA_DATASETS,
+    "ours: TESLA's constant memory with MTT's exact gradient (adjoint sweep); labels as tesla",
     _TESLA + " (exact adjoint engine: dcbench-tesla)",
     {},
 )

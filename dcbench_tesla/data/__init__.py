@@ -83,8 +83,7 @@ for _spec in (
         std=IMAGENET_STD,
         default_model="convnet4",
         needs_root=True,
-        expected_files="imagenet64/{train_data_batch_1..10.npz, val_data.npz} "
-        "or imagenet64/{train,val}/<class>/*.png",
+        expected_files="imagenet64/{train_data_batch_1..10.npz, val_data.npz} or imagenet64/{train,val}/<class>/*.png",
         how_to_get="request 'Downsampled ImageNet 64x64' (npz) from https://image-net.org/download-images",
         description="ImageNet-1K downsampled to 64x64 (npz batches or an image folder)",
     ),

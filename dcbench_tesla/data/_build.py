@@ -110,9 +110,7 @@ def build_dataset(
                 f"expected (N, {', '.join(map(str, spec.image_shape))})"
             )
         if x.shape[0] != y.shape[0]:
-            raise UserError(
-                f"dataset {spec.name!r} ({source}): {x.shape[0]} {split} images but {y.shape[0]} labels"
-            )
+            raise UserError(f"dataset {spec.name!r} ({source}): {x.shape[0]} {split} images but {y.shape[0]} labels")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise UserError(
                 f"dataset {spec.name!r} ({source}): {split} labels span {int(y.min())}..{int(y.max())}, "
@@ -154,9 +152,7 @@ def _read_one(path: Path, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def read_images(
-    spec: DatasetSpec, paths: Sequence[Path], size: int, *, workers: int | None = None
-) -> np.ndarray:
+def read_images(spec: DatasetSpec, paths: Sequence[Path], size: int, *, workers: int | None = None) -> np.ndarray:
     """Decode image files into a (N, 3, size, size) uint8 array (RGB; other sizes are box-resized).
 
     Raises:

@@ -157,9 +157,7 @@ def apply_scale(x: Tensor, scale_y: Tensor, scale_x: Tensor) -> Tensor:
     scale_x = scale_x.reshape(-1)
     scale_y = scale_y.reshape(-1)
     zero = torch.zeros_like(scale_x)
-    theta = torch.stack(
-        (torch.stack((scale_x, zero, zero), dim=1), torch.stack((zero, scale_y, zero), dim=1)), dim=1
-    )
+    theta = torch.stack((torch.stack((scale_x, zero, zero), dim=1), torch.stack((zero, scale_y, zero), dim=1)), dim=1)
     return _apply_affine(x, theta)
 
 

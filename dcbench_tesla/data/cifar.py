@@ -150,9 +150,7 @@ def _load(
     meta = _read(spec, folder / meta_file, (names_key,))
     classes = [_text(c) for c in meta[names_key]]
     if len(classes) != spec.num_classes:
-        raise corrupt_error(
-            spec, folder / meta_file, f"{len(classes)} class names, expected {spec.num_classes}"
-        )
+        raise corrupt_error(spec, folder / meta_file, f"{len(classes)} class names, expected {spec.num_classes}")
     parts = [_images_labels(spec, folder / f, label_key) for f in train_files]
     train_x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
     train_y = np.concatenate([p[1] for p in parts])

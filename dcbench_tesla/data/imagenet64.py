@@ -45,9 +45,7 @@ def _labels(spec: DatasetSpec, path: Path) -> np.ndarray:
 
     labels = _npz_array(spec, path, "labels").astype(np.int64).reshape(-1) - 1
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise corrupt_error(
-            spec, path, f"labels span {labels.min() + 1}..{labels.max() + 1}, expected 1..1000"
-        )
+        raise corrupt_error(spec, path, f"labels span {labels.min() + 1}..{labels.max() + 1}, expected 1..1000")
     return labels
 
 

@@ -53,9 +53,7 @@ def experts_command(
     data = load_dataset(dataset, data_root, zca=zca, cache_dir=cache_dir)
     if imports:
         if num_experts is not None:
-            raise UserError(
-                "--num-experts does not apply to --import (every trajectory in the files is imported)"
-            )
+            raise UserError("--num-experts does not apply to --import (every trajectory in the files is imported)")
         config = ExpertConfig.for_dataset(data, model=model, num_experts=1)
         store = import_upstream(
             list(imports),

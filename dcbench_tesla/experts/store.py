@@ -119,9 +119,7 @@ def read_header(path: Path, what: str) -> dict[str, Any]:
         with open(path, "rb") as handle:
             head = handle.read(2)
         if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise UserError(
-                f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors)"
-            )
+            raise UserError(f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors)")
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("dcbench", "{}")
         meta = json.loads(raw)
@@ -183,9 +181,7 @@ class ExpertStore:
         self.refresh()
 
     @classmethod
-    def open(
-        cls, directory: Path | str, *, max_experts: int | None = None, cache_mib: float = 1024
-    ) -> ExpertStore:
+    def open(cls, directory: Path | str, *, max_experts: int | None = None, cache_mib: float = 1024) -> ExpertStore:
         """Open the store in ``directory``.
 
         Args:
@@ -207,8 +203,7 @@ class ExpertStore:
         tensors, meta = read_safetensors(path, what="expert manifest")
         if meta.get("format") != FORMAT:
             raise UserError(
-                f"{str(path)!r} is a safetensors file but not a dcbench expert manifest "
-                f"(format {meta.get('format')!r})"
+                f"{str(path)!r} is a safetensors file but not a dcbench expert manifest (format {meta.get('format')!r})"
             )
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise UserError(
@@ -290,9 +285,7 @@ class ExpertStore:
     def expert_path(self, i: int) -> Path:
         """Path of the ``i``-th finished expert's file."""
         if not 0 <= i < len(self._indices):
-            raise IndexError(
-                f"expert {i} out of range: the store in {self.directory} holds {self.num_experts}"
-            )
+            raise IndexError(f"expert {i} out of range: the store in {self.directory} holds {self.num_experts}")
         return self.directory / expert_filename(self._indices[i])
 
     def expert_metadata(self, i: int) -> dict[str, Any]:
@@ -321,9 +314,7 @@ class ExpertStore:
         path = self.expert_path(i)
         tensors, meta = read_safetensors(path, what="expert trajectory")
         if meta.get("format") != EXPERT_FORMAT:
-            raise UserError(
-                f"{str(path)!r} is not a dcbench expert trajectory (format {meta.get('format')!r})"
-            )
+            raise UserError(f"{str(path)!r} is not a dcbench expert trajectory (format {meta.get('format')!r})")
         if meta.get("key") != self._key:
             raise UserError(
                 f"{str(path)!r} belongs to another expert store (key {meta.get('key')!r}, this store "
@@ -335,9 +326,7 @@ class ExpertStore:
             got = None if traj is None else f"{traj.dtype} {tuple(traj.shape)}"
             raise UserError(f"{str(path)!r}: expected a float32 trajectory of shape {expected}, got {got}")
         if not bool(torch.isfinite(traj).all()):
-            raise UserError(
-                f"{str(path)!r}: the trajectory contains NaN or inf; delete it and train it again"
-            )
+            raise UserError(f"{str(path)!r}: the trajectory contains NaN or inf; delete it and train it again")
         self._remember(i, traj)
         return traj
 
@@ -379,8 +368,7 @@ class ExpertStore:
             )
         if list(dataset.classes) != self._classes:
             raise UserError(
-                f"{where} were trained on {name} with another class order or class set; "
-                "train matching experts"
+                f"{where} were trained on {name} with another class order or class set; train matching experts"
             )
         mine, theirs = self._preprocessing, dataset.preprocessing
         if mine.kind != theirs.kind:
@@ -441,9 +429,7 @@ def _zca_difference(a: ZCAState, b: ZCAState) -> str:
 
 
 def _same_layout(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return list(a["names"]) == list(b["names"]) and [list(s) for s in a["shapes"]] == [
-        list(s) for s in b["shapes"]
-    ]
+    return list(a["names"]) == list(b["names"]) and [list(s) for s in a["shapes"]] == [list(s) for s in b["shapes"]]
 
 
 def _describe_layout_difference(stored: dict[str, Any], model: dict[str, Any]) -> str:

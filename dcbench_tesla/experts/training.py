@@ -103,8 +103,7 @@ def train_one_expert(
         snapshot = flat.flatten().float().cpu()
         if not bool(torch.isfinite(snapshot).all()):
             raise UserError(
-                f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; "
-                "lower --lr"
+                f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; lower --lr"
             )
         trajectory[epoch + 1] = snapshot
     return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device)

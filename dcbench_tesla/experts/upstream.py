@@ -99,23 +99,17 @@ def flatten_trajectory(trajectory: Any, layout: dict[str, Any], where: str) -> T
         UserError: not a list of snapshots, or a parameter count or shape that differs from the model.
     """
     if not isinstance(trajectory, (list, tuple)) or len(trajectory) < 2:
-        raise UserError(
-            f"{where}: expected a list of at least 2 parameter snapshots, got {_kind(trajectory)}"
-        )
+        raise UserError(f"{where}: expected a list of at least 2 parameter snapshots, got {_kind(trajectory)}")
     expected_p = layout_numel(layout)
     shapes = [list(s) for s in layout["shapes"]]
     rows = []
     for t, snapshot in enumerate(trajectory):
         if isinstance(snapshot, Tensor):
             parts = [snapshot]
-        elif (
-            isinstance(snapshot, (list, tuple)) and all(isinstance(p, Tensor) for p in snapshot) and snapshot
-        ):
+        elif isinstance(snapshot, (list, tuple)) and all(isinstance(p, Tensor) for p in snapshot) and snapshot:
             parts = list(snapshot)
         else:
-            raise UserError(
-                f"{where}, snapshot {t}: expected a list of parameter tensors, got {_kind(snapshot)}"
-            )
+            raise UserError(f"{where}, snapshot {t}: expected a list of parameter tensors, got {_kind(snapshot)}")
         numel = sum(p.numel() for p in parts)
         if numel != expected_p:
             raise UserError(
@@ -185,9 +179,7 @@ def import_upstream(
     expected_epochs = hyper.pop("epochs", None)
     for forbidden in ("dataset", "model", "num_experts", "zca"):
         if forbidden in hyper:
-            raise UserError(
-                f"{forbidden!r} is not a hyper-parameter to record; it comes from the data and model"
-            )
+            raise UserError(f"{forbidden!r} is not a hyper-parameter to record; it comes from the data and model")
 
     directory: Path | None = Path(output_dir) if output_dir is not None else None
     config: ExpertConfig | None = None
@@ -200,9 +192,7 @@ def import_upstream(
         digest = _sha256(path)
         data = load_buffer(path)
         if not isinstance(data, (list, tuple)) or not data:
-            raise UserError(
-                f"{str(path)!r} is not a replay buffer: expected a non-empty list of trajectories"
-            )
+            raise UserError(f"{str(path)!r} is not a replay buffer: expected a non-empty list of trajectories")
         for position, raw in enumerate(data):
             traj = flatten_trajectory(raw, layout, f"{path.name}, trajectory {position}")
             if config is None:
@@ -276,9 +266,7 @@ def _open_for_import(
         raise UserError(f"expert directory {str(directory)!r} exists and is not a directory")
     if not (directory / MANIFEST).is_file():
         if finished_indices(directory):
-            raise UserError(
-                f"{str(directory)!r} holds expert files but no {MANIFEST}; choose an empty directory"
-            )
+            raise UserError(f"{str(directory)!r} holds expert files but no {MANIFEST}; choose an empty directory")
         directory.mkdir(parents=True, exist_ok=True)
         origin = {"kind": "imported", "files": []}
         write_manifest(directory, manifest_metadata(config, dataset, layout, origin), dataset.preprocessing)

@@ -51,9 +51,7 @@ class _Accumulator:
         self.images = torch.zeros_like(problem.images, memory_format=torch.contiguous_format)
         self.labels = torch.zeros_like(problem.labels) if problem.labels_learnable else None
 
-    def add(
-        self, index: Tensor, images_grad: Tensor, labels_grad: Tensor | None, scale: Tensor | None
-    ) -> None:
+    def add(self, index: Tensor, images_grad: Tensor, labels_grad: Tensor | None, scale: Tensor | None) -> None:
         """Add ``scale * grad`` (``scale`` None means 1) into the rows ``index`` of the buffers."""
         if scale is not None:
             images_grad = scale * images_grad

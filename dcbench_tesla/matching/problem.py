@@ -64,11 +64,7 @@ class FlatParams:
         mine = {name: list(shape) for name, shape in zip(self.names, self.shapes, strict=True)}
         if list(stored) == list(mine) and stored == mine:
             return
-        problems = [
-            f"{n}: stored {stored[n]} vs model {mine[n]}"
-            for n in mine
-            if n in stored and stored[n] != mine[n]
-        ]
+        problems = [f"{n}: stored {stored[n]} vs model {mine[n]}" for n in mine if n in stored and stored[n] != mine[n]]
         problems += [f"{n}: only in the model" for n in mine if n not in stored]
         problems += [f"{n}: only in the stored layout" for n in stored if n not in mine]
         if not problems:
@@ -84,9 +80,7 @@ class FlatParams:
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a ``(P,)`` vector into ``{name: view with the parameter's shape}`` (differentiable)."""
         if flat.dim() != 1 or flat.numel() != self.numel:
-            raise ValueError(
-                f"expected a flat vector of {self.numel} parameters, got shape {tuple(flat.shape)}"
-            )
+            raise ValueError(f"expected a flat vector of {self.numel} parameters, got shape {tuple(flat.shape)}")
         chunks = torch.split(flat, self.numels)
         return {name: c.view(shape) for name, c, shape in zip(self.names, chunks, self.shapes, strict=True)}
 

@@ -139,10 +139,23 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def build_convnet(
-    channels: int, num_classes: int, image_size: int, depth: int | None = None, **kwargs: Any
-) -> ConvNet:
-    """ConvNet whose depth defaults to 3 for images up to 32x32 and 4 above.
+def default_depth(image_size: int) -> int:
+    """3 up to 32x32 (4 above), reduced so the last block sees maps of at least 4x4."""
+    if image_size > 32:
+        return 4
+    depth = 3
+    while depth > 1 and image_size // 2 ** (depth - 1) < 4:
+        depth -= 1
+    return depth
+
+
+def build_convnet(channels: int, num_classes: int, image_size: int, depth: int | None = None, **kwargs: Any) -> ConvNet:
+    """ConvNet whose depth defaults to 3 for 32x32 images and 4 for 64x64 (the papers' choice).
+
+    Below 32x32 the default depth is the largest (at most 3) whose last block still sees maps of
+    at least 4x4: 2 for the 8x8 digits. Instance norm over a 2x2 map (depth 3 at 8x8) divides by
+    the spread of 4 values; measured on digits, the trajectory-matching loss then changes by
+    ~1% for image perturbations of 1e-4 and first-order optimisation of the images fails.
 
     Args:
         channels: Input channels.
@@ -153,7 +166,7 @@ def build_convnet(
 
     """
     if depth is None:
-        depth = 3 if image_size <= 32 else 4
+        depth = default_depth(image_size)
     return ConvNet(channels, num_classes, image_size, depth=depth, **kwargs)
 
 

@@ -112,9 +112,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.emb_drop = nn.Dropout(emb_dropout)
-        self.blocks = nn.Sequential(
-            *(TransformerBlock(dim, heads, head_dim, mlp_dim, dropout) for _ in range(depth))
-        )
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, head_dim, mlp_dim, dropout) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.embed_dim = dim
         self.classifier = nn.Linear(dim, num_classes)

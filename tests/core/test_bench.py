@@ -41,9 +41,7 @@ def stub_method():
 @pytest.fixture(scope="module")
 def finished_bench(tmp_path_factory, stub_method):
     out = tmp_path_factory.mktemp("bench") / "b"
-    frame = run_bench(
-        ["random", STUB], "digits", [1, 2], ["convnet", "convnet4"], out, whole_dataset=True, **TINY
-    )
+    frame = run_bench(["random", STUB], "digits", [1, 2], ["convnet", "convnet4"], out, whole_dataset=True, **TINY)
     return out, frame
 
 
@@ -80,9 +78,7 @@ def test_bench_writes_tidy_results_and_table1(finished_bench):
     head = md.splitlines()[:8]
     for key in ("- command:", "- versions:", "torch", "- device:", "- threads: 1"):
         assert any(key in line for line in head), head
-    assert (
-        "](cells/random-ipc1/)" in md and f"](cells/{STUB}-ipc2/)" in md and "](cells/whole-dataset/)" in md
-    )
+    assert "](cells/random-ipc1/)" in md and f"](cells/{STUB}-ipc2/)" in md and "](cells/whole-dataset/)" in md
     assert "| digits | 1 |" in md and "| digits | 2 |" in md
     assert "papers' numbers" in md and "50.0" in md
     manifest = json.loads((out / "bench.json").read_text())
@@ -107,9 +103,7 @@ def test_table2_rows_are_method_ipc_and_columns_architectures(finished_bench):
 def test_rerun_reads_every_finished_cell_back(finished_bench, monkeypatch):
     out, frame = finished_bench
     monkeypatch.setattr(runner, "run", lambda request: pytest.fail(f"recomputed {request.output}"))
-    again = run_bench(
-        ["random", STUB], "digits", [1, 2], ["convnet", "convnet4"], out, whole_dataset=True, **TINY
-    )
+    again = run_bench(["random", STUB], "digits", [1, 2], ["convnet", "convnet4"], out, whole_dataset=True, **TINY)
     pd.testing.assert_frame_equal(again, frame)
 
 
@@ -175,9 +169,7 @@ def test_a_bench_killed_with_sigkill_resumes_where_it_stopped(tmp_path, capsys):
 
     frame = run_bench(["random"], "digits", [1, 2, 3], None, out, **{**TINY, "eval_epochs": 50})
     computed = [
-        line.split(":")[0].split("] ")[1]
-        for line in capsys.readouterr().out.splitlines()
-        if "computing" in line
+        line.split(":")[0].split("] ")[1] for line in capsys.readouterr().out.splitlines() if "computing" in line
     ]
     assert sorted(computed) == sorted({"random-ipc1", "random-ipc2", "random-ipc3"} - set(finished))
     assert {name: (out / "cells" / name / "result.json").read_bytes() for name in finished} == finished
@@ -254,12 +246,8 @@ def test_options_go_to_the_methods_that_have_them():
     )
     cells = {c.name: c.request for c in bench_plan.cells}
     assert sorted(cells) == ["mtt-ipc1", "mtt-ipc10", "random-ipc1"]
-    assert (
-        cells["random-ipc1"].options == {} and cells["random-ipc1"].iterations is None
-    )  # random never optimises
-    assert (
-        cells["mtt-ipc10"].options == {"lr_img": "5", "syn_steps": "3"} and cells["mtt-ipc10"].iterations == 7
-    )
+    assert cells["random-ipc1"].options == {} and cells["random-ipc1"].iterations is None  # random never optimises
+    assert cells["mtt-ipc10"].options == {"lr_img": "5", "syn_steps": "3"} and cells["mtt-ipc10"].iterations == 7
     assert bench_plan.identity["options"]["mtt"] == {"lr_img": 5.0, "syn_steps": 3}
     assert bench_plan.identity["protocol"] == {"name": "paper", "num_models": 5, "epochs": 1000}
 
@@ -274,10 +262,7 @@ def test_presets_parse_and_name_only_registered_things(name):
     assert preset["dataset"] in DATASETS
     for model in preset["eval_models"]:
         assert model in MODELS
-    kw = {
-        key: None
-        for key in ("methods", "dataset", "ipc", "eval_models", "num_eval", "eval_epochs", "protocol")
-    }
+    kw = {key: None for key in ("methods", "dataset", "ipc", "eval_models", "num_eval", "eval_epochs", "protocol")}
     kw.update(
         {
             "iterations": None,
@@ -306,12 +291,9 @@ def test_presets_parse_and_name_only_registered_things(name):
 
 def test_flags_override_the_preset(tmp_path):
     custom = tmp_path / "mine.toml"
-    custom.write_text(
-        'methods = ["random"]\ndataset = "digits"\nipcs = [1, 2]\nnum_eval = 3\n[set.mtt]\nlr_img = 10\n'
-    )
+    custom.write_text('methods = ["random"]\ndataset = "digits"\nipcs = [1, 2]\nnum_eval = 3\n[set.mtt]\nlr_img = 10\n')
     kw = {
-        key: None
-        for key in ("methods", "dataset", "eval_models", "num_eval", "eval_epochs", "protocol", "iterations")
+        key: None for key in ("methods", "dataset", "eval_models", "num_eval", "eval_epochs", "protocol", "iterations")
     }
     kw.update(
         {

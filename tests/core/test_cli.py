@@ -27,7 +27,17 @@ def assert_user_error(result, *fragments):
 def test_ls_lists_methods_datasets_models():
     result = invoke("ls")
     assert result.exit_code == 0, result.output
-    for name in ("random", "digits", "cifar10", "cifar100", "tinyimagenet", "imagenet64", "convnet", "resnet18", "vit"):
+    for name in (
+        "random",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "tinyimagenet",
+        "imagenet64",
+        "convnet",
+        "resnet18",
+        "vit",
+    ):
         assert name in result.output
     assert invoke("ls", "datasets").output.startswith("datasets:")
 
@@ -37,7 +47,12 @@ def test_run_random_writes_a_run_directory(tmp_path):
     result = invoke("run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--output", out, *FAST)
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and "±" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "result.json", "synthetic_set.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "metrics.jsonl",
+        "result.json",
+        "synthetic_set.safetensors",
+    ]
     record = json.loads((out / "result.json").read_text())
     assert set(record) == set(RESULT_SCHEMA)
     accs = record["evaluation"]["by_model"]["convnet"]["accuracies"]
@@ -62,7 +77,11 @@ def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path)
     out = tmp_path / "run"
     assert invoke("run", "--method", "random", "--ipc", "1", "--output", out, *FAST).exit_code == 0
     before = (out / "result.json").read_text()
-    assert_user_error(invoke("run", "--method", "random", "--ipc", "1", "--output", out, *FAST), "already holds files", "--overwrite")
+    assert_user_error(
+        invoke("run", "--method", "random", "--ipc", "1", "--output", out, *FAST),
+        "already holds files",
+        "--overwrite",
+    )
     assert (out / "result.json").read_text() == before
     assert invoke("run", "--method", "random", "--ipc", "1", "--output", out, "--overwrite", *FAST).exit_code == 0
 
@@ -71,8 +90,14 @@ def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path)
     "args, fragments",
     [
         (["--method", "tesal"], ["unknown method 'tesal'", "Available:"]),
-        (["--method", "random", "--dataset", "cifar11"], ["unknown dataset 'cifar11'", "Did you mean 'cifar10'"]),
-        (["--method", "random", "--eval-models", "convnett"], ["unknown model 'convnett'", "Did you mean 'convnet'"]),
+        (
+            ["--method", "random", "--dataset", "cifar11"],
+            ["unknown dataset 'cifar11'", "Did you mean 'cifar10'"],
+        ),
+        (
+            ["--method", "random", "--eval-models", "convnett"],
+            ["unknown model 'convnett'", "Did you mean 'convnet'"],
+        ),
         (["--method", "random", "--ipc", "0"], ["--ipc must be at least 1"]),
         (["--method", "random", "--ipc", "-3"], ["--ipc must be at least 1"]),
         (["--method", "random", "--ipc", "100000"], ["--ipc must be between 1 and", "smallest class"]),
@@ -100,7 +125,18 @@ def test_bad_run_inputs_end_with_exit_code_2_and_write_nothing(tmp_path, args, f
 
 def test_missing_dataset_files_name_the_path_the_files_and_how_to_get_them(tmp_path):
     out = tmp_path / "run"
-    result = invoke("run", "--method", "random", "--dataset", "cifar10", "--data-root", tmp_path / "data", "--output", out, *FAST)
+    result = invoke(
+        "run",
+        "--method",
+        "random",
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        tmp_path / "data",
+        "--output",
+        out,
+        *FAST,
+    )
     assert_user_error(result, str(tmp_path / "data"), "data_batch_1", "cifar-10-python.tar.gz")
     assert not out.exists()
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").rglob("*"))
@@ -109,13 +145,18 @@ def test_missing_dataset_files_name_the_path_the_files_and_how_to_get_them(tmp_p
 def test_unwritable_output_directory(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    assert_user_error(invoke("run", "--method", "random", "--ipc", "1", "--output", blocker / "run", *FAST), "cannot write to output directory")
+    assert_user_error(
+        invoke("run", "--method", "random", "--ipc", "1", "--output", blocker / "run", *FAST),
+        "cannot write to output directory",
+    )
 
 
 def test_config_file_errors(tmp_path):
     bad = tmp_path / "c.json"
     bad.write_text("{")
-    assert_user_error(invoke("run", "--method", "random", "--config", bad, "--output", tmp_path / "r", *FAST), "malformed")
+    assert_user_error(
+        invoke("run", "--method", "random", "--config", bad, "--output", tmp_path / "r", *FAST), "malformed"
+    )
 
 
 @pytest.mark.parametrize("kind", ["missing", "pickle", "foreign", "truncated"])
@@ -129,7 +170,7 @@ def test_eval_refuses_bad_files(tmp_path, kind):
 
         save_file({"w": torch.zeros(2)}, str(path))
     elif kind == "truncated":
-        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+        path.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a"')
     expected = {
         "missing": "does not exist",
         "pickle": "never unpickles",

@@ -65,9 +65,7 @@ def test_training_writes_manifest_and_expert_files(store, digits):
     assert tensors == {}  # no ZCA tensors without ZCA
     assert meta["format"] == "dcbench-tesla/experts" and meta["format_version"] == 1
     assert meta["config"] == config_for_digits().to_dict()
-    assert (
-        meta["dataset"] == "digits" and meta["classes"] == digits.classes and meta["image_shape"] == [1, 8, 8]
-    )
+    assert meta["dataset"] == "digits" and meta["classes"] == digits.classes and meta["image_shape"] == [1, 8, 8]
     assert meta["normalisation"]["kind"] == "meanstd" and meta["normalisation"]["mean"] == list(
         digits.preprocessing.mean
     )
@@ -141,18 +139,14 @@ def test_ensure_trains_only_missing_experts(digits, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training_module, "train_one_expert", counting)
     notices.clear()
-    second = ensure_experts(
-        digits, config_for_digits(num_experts=2, epochs=1), tmp_path, "cpu", notices.append, False
-    )
+    second = ensure_experts(digits, config_for_digits(num_experts=2, epochs=1), tmp_path, "cpu", notices.append, False)
     assert trained == {1: 1}
     assert second.num_experts == 2 and second.directory == directory
     assert expert0.read_bytes() == bytes0 and expert0.stat().st_mtime_ns == stat0.st_mtime_ns
     assert any("1 more" in n for n in notices)
 
     trained.clear()
-    third = ensure_experts(
-        digits, config_for_digits(num_experts=2, epochs=1), tmp_path, "cpu", notices.append, False
-    )
+    third = ensure_experts(digits, config_for_digits(num_experts=2, epochs=1), tmp_path, "cpu", notices.append, False)
     assert not trained and third.num_experts == 2
     # A config asking for fewer experts sees only those.
     assert ensure_experts(digits, cfg, tmp_path, "cpu", notices.append, False).num_experts == 1
@@ -160,9 +154,7 @@ def test_ensure_trains_only_missing_experts(digits, tmp_path, monkeypatch):
 
 def test_training_into_a_store_of_another_config_is_refused(store, digits):
     with pytest.raises(UserError, match="another config"):
-        train_experts(
-            digits, config_for_digits(lr=0.5), store.directory, "cpu", progress=False, notice=lambda m: None
-        )
+        train_experts(digits, config_for_digits(lr=0.5), store.directory, "cpu", progress=False, notice=lambda m: None)
 
 
 def test_disk_estimate_is_printed_and_checked(digits, tmp_path, monkeypatch):
@@ -192,9 +184,7 @@ def test_check_compatible_accepts_the_same_data_and_model(store, digits):
 
 def test_check_compatible_refuses_other_normalisation(store, digits):
     other = digits.with_preprocessing(Preprocessing(mean=(0.5,), std=(0.25,)))
-    with pytest.raises(
-        UserError, match=r"trained on digits normalised with mean .* this run uses mean \[0\.5\]"
-    ):
+    with pytest.raises(UserError, match=r"trained on digits normalised with mean .* this run uses mean \[0\.5\]"):
         store.check_compatible(other, model_layout("convnet", digits))
 
 
@@ -299,11 +289,7 @@ def test_import_upstream_buffer_equals_flattened_tensors(digits, tmp_path):
     notices = []
     imported = import_upstream(paths, digits, "convnet", tmp_path / "store", notice=notices.append)
     assert imported.num_experts == 3 and imported.epochs == 3
-    flat = [
-        torch.stack([torch.cat([p.reshape(-1) for p in snap]) for snap in traj])
-        for b in buffers
-        for traj in b
-    ]
+    flat = [torch.stack([torch.cat([p.reshape(-1) for p in snap]) for snap in traj]) for b in buffers for traj in b]
     for i in range(3):
         assert torch.equal(imported.trajectory(i), flat[i])
     assert imported.origin["kind"] == "imported"
@@ -351,9 +337,7 @@ def test_import_refuses_wrong_parameter_count_and_garbage(digits, tmp_path):
     buffer[0] = [snap[:-1] for snap in buffer[0]]  # drop the classifier bias
     torch.save(buffer, tmp_path / "short.pt")
     num_params = sum(p.numel() for p in build_model("convnet", 1, 10, 8).parameters())
-    with pytest.raises(
-        UserError, match=f"{num_params - 10:,} parameters, but the model's layout has {num_params:,}"
-    ):
+    with pytest.raises(UserError, match=f"{num_params - 10:,} parameters, but the model's layout has {num_params:,}"):
         import_upstream([tmp_path / "short.pt"], digits, "convnet", tmp_path / "s1", notice=lambda m: None)
     (tmp_path / "text.pt").write_text("not a buffer")
     with pytest.raises(UserError, match="replay buffer"):

@@ -47,15 +47,24 @@ def _install_fake_distribution(site, name, module, source, entry):
 def _dcbench(args, site, env_extra=None):
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "dcbench_tesla", *args], capture_output=True, text=True, env=env, timeout=300, check=False
+        [sys.executable, "-m", "dcbench_tesla", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
 
 
 def test_plugin_registered_only_by_entry_point_runs_end_to_end(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
-    _install_fake_distribution(site, "toy_dcbench_plugin", "toy_dcbench_plugin", PLUGIN, "blur = toy_dcbench_plugin:SPEC")
-    _install_fake_distribution(site, "broken_dcbench_plugin", "broken_dcbench_plugin", BROKEN, "broken = broken_dcbench_plugin:SPEC")
+    _install_fake_distribution(
+        site, "toy_dcbench_plugin", "toy_dcbench_plugin", PLUGIN, "blur = toy_dcbench_plugin:SPEC"
+    )
+    _install_fake_distribution(
+        site, "broken_dcbench_plugin", "broken_dcbench_plugin", BROKEN, "broken = broken_dcbench_plugin:SPEC"
+    )
 
     listed = _dcbench(["ls", "methods"], site)
     assert listed.returncode == 0, listed.stderr
@@ -63,7 +72,20 @@ def test_plugin_registered_only_by_entry_point_runs_end_to_end(tmp_path):
     assert "broken" in listed.stdout and "BROKEN" in listed.stdout  # named, not a crash
 
     out = tmp_path / "run"
-    args = ["run", "--method", "blur", "--ipc", "2", "--output", str(out), "--num-eval", "1", "--eval-epochs", "2", "--no-progress"]
+    args = [
+        "run",
+        "--method",
+        "blur",
+        "--ipc",
+        "2",
+        "--output",
+        str(out),
+        "--num-eval",
+        "1",
+        "--eval-epochs",
+        "2",
+        "--no-progress",
+    ]
     result = _dcbench(args, site)
     assert result.returncode == 0, result.stderr
     assert "blur on digits" in result.stdout and "±" in result.stdout

@@ -19,7 +19,9 @@ def test_round_trip_of_optimizer_and_rng_state(tmp_path):
     assert torch.equal(back["gen"], gen.get_state())
     restored = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=1.0)
     restored.load_state_dict(back["opt"])
-    assert torch.equal(restored.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        restored.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"]
+    )
     assert restored.param_groups[0]["lr"] == 0.1
 
 

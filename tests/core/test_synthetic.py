@@ -34,7 +34,13 @@ def test_round_trip_hard_labels(tmp_path):
     back = SyntheticSet.load(path)
     assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels)
     assert back.label_kind == "hard" and back.lr == pytest.approx(0.02)
-    assert (back.dataset, back.classes, back.ipc, back.seed, back.iteration) == ("digits", ["0", "1", "2"], 2, 7, 5)
+    assert (back.dataset, back.classes, back.ipc, back.seed, back.iteration) == (
+        "digits",
+        ["0", "1", "2"],
+        2,
+        7,
+        5,
+    )
     assert back.preprocessing == syn.preprocessing
     assert back.method == {"id": "x"} and back.config == {"a": 1}
 
@@ -94,7 +100,11 @@ def test_foreign_safetensors_refused(tmp_path):
 
 def test_garbage_metadata_refused(tmp_path):
     path = tmp_path / "odd.safetensors"
-    save_file({"images": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1)}, str(path), metadata={"dcbench": "{not json"})
+    save_file(
+        {"images": torch.zeros(1, 1, 2, 2), "labels": torch.zeros(1)},
+        str(path),
+        metadata={"dcbench": "{not json"},
+    )
     with pytest.raises(UserError, match="corrupt synthetic set metadata"):
         SyntheticSet.load(path)
 

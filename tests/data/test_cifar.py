@@ -137,9 +137,7 @@ def test_load_cifar10(tmp_path):
     assert ds.train_labels.tolist() == train_labels
     assert ds.test_labels.tolist() == batches["test_batch"][b"labels"]
     torch.testing.assert_close(ds.train_images, _normalised(train_data, CIFAR10_MEAN, CIFAR10_STD))
-    torch.testing.assert_close(
-        ds.test_images, _normalised(batches["test_batch"][b"data"], CIFAR10_MEAN, CIFAR10_STD)
-    )
+    torch.testing.assert_close(ds.test_images, _normalised(batches["test_batch"][b"data"], CIFAR10_MEAN, CIFAR10_STD))
     # channel-first planes: pixel (c, y, x) of image 0 is data[0, c*1024 + y*32 + x]
     c, y, x = 2, 5, 7
     raw = train_data[0, c * 1024 + y * 32 + x] / 255.0
@@ -161,9 +159,7 @@ def test_load_cifar100_fine_labels_via_registry(tmp_path):
     assert ds.train_images.shape == (12, 3, 32, 32)
     assert ds.train_labels.tolist() == written["train"][b"fine_labels"]
     assert ds.test_labels.tolist() == written["test"][b"fine_labels"]
-    torch.testing.assert_close(
-        ds.test_images, _normalised(written["test"][b"data"], CIFAR100_MEAN, CIFAR100_STD)
-    )
+    torch.testing.assert_close(ds.test_images, _normalised(written["test"][b"data"], CIFAR100_MEAN, CIFAR100_STD))
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -174,9 +170,7 @@ def test_batches_resaved_by_python3_load(tmp_path, protocol):
             pickle.dump(written[name], f, protocol=protocol)
     ds = load_cifar100(tmp_path, zca=False, cache_dir=tmp_path / "cache")
     assert ds.train_labels.tolist() == written["train"][b"fine_labels"]
-    torch.testing.assert_close(
-        ds.test_images, _normalised(written["test"][b"data"], CIFAR100_MEAN, CIFAR100_STD)
-    )
+    torch.testing.assert_close(ds.test_images, _normalised(written["test"][b"data"], CIFAR100_MEAN, CIFAR100_STD))
 
 
 def test_missing_folder_names_path_files_and_how_to_get(tmp_path):

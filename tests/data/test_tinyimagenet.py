@@ -103,9 +103,7 @@ def test_missing_folder(tmp_path):
     assert "http://cs231n.stanford.edu/tiny-imagenet-200.zip" in msg
 
 
-@pytest.mark.parametrize(
-    "remove", ["val/val_annotations.txt", "wnids.txt", "train/n01443537", "val/images/val_2.JPEG"]
-)
+@pytest.mark.parametrize("remove", ["val/val_annotations.txt", "wnids.txt", "train/n01443537", "val/images/val_2.JPEG"])
 def test_missing_part_is_named(tmp_path, remove):
     import shutil
 

@@ -30,9 +30,7 @@ def test_apply_equals_kornia():
     torch.testing.assert_close(pre.apply(new), kornia_zca(new), rtol=1e-4, atol=1e-4)
     # and the inverse matches kornia's inverse_transform
     white = kornia_zca(new)
-    torch.testing.assert_close(
-        pre.invert(white), kornia_zca.inverse_transform(white).clamp(0, 1), atol=1e-4, rtol=1e-4
-    )
+    torch.testing.assert_close(pre.invert(white), kornia_zca.inverse_transform(white).clamp(0, 1), atol=1e-4, rtol=1e-4)
 
 
 def test_invert_round_trips_with_and_without_stored_inverse():

@@ -172,9 +172,7 @@ def test_unrolled_matches_finite_differences():
 
     gen = torch.Generator().manual_seed(3)
     used = torch.cat(list(problem.batches)).unique()
-    for flat_index in used[torch.randint(len(used), (3,), generator=gen)] * 36 + torch.randint(
-        36, (3,), generator=gen
-    ):
+    for flat_index in used[torch.randint(len(used), (3,), generator=gen)] * 36 + torch.randint(36, (3,), generator=gen):
         e = torch.zeros(problem.images.numel(), dtype=torch.float64)
         e[flat_index] = h
         e = e.view_as(problem.images)

@@ -9,7 +9,7 @@ from dcbench_tesla.matching import MatchingGradients
 from dcbench_tesla.models import build_model
 from dcbench_tesla_methods.trajectory_matching import SyntheticBatches
 
-VARIANTS = {"mtt": ("unrolled", "hard"), "tesla": ("tesla", "sla"), "tesla-exact": ("adjoint", "sla")}
+VARIANTS = {"mtt": "unrolled", "tesla": "tesla", "tesla-exact": "adjoint"}
 SMALL = dict(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, dsa_strategy="none")
 
 
@@ -20,7 +20,9 @@ class FakeExperts:
         g = torch.Generator().manual_seed(1)
         init = torch.cat([p.detach().flatten() for p in build_model("convnet", 1, 10, 8).parameters()])
         assert init.numel() == num_params
-        self.trajectories = [init + 0.01 * torch.randn(epochs + 1, num_params, generator=g).cumsum(0) for _ in range(num_experts)]
+        self.trajectories = [
+            init + 0.01 * torch.randn(epochs + 1, num_params, generator=g).cumsum(0) for _ in range(num_experts)
+        ]
         self.num_experts, self.epochs = num_experts, epochs
 
     def trajectory(self, index):
@@ -37,12 +39,17 @@ def make(method, experts, **options):
     return dc.make(method, dc.RunContext(experts=experts), **{**SMALL, **options})
 
 
-def test_variants_differ_only_in_engine_and_labels():
+def test_variants_differ_only_in_engine_and_label_rule():
     specs = {m: dc.spec(m) for m in VARIANTS}
-    for method, (engine, labels) in VARIANTS.items():
-        assert specs[method].kwargs == {"engine": engine, "labels": labels}
+    for method, engine in VARIANTS.items():
+        assert specs[method].kwargs == {"engine": engine, "labels": "hard"}
         assert specs[method].entry_point == specs["mtt"].entry_point
-        assert specs[method].config_cards == specs["mtt"].config_cards
+        for card, mtt_card in zip(specs[method].config_cards, specs["mtt"].config_cards, strict=True):
+            options = dict(card.options)
+            if method != "mtt" and card.dataset == "imagenet64":
+                assert options.pop("labels") == "sla"  # TESLA's Soft Label Assignment on ImageNet-1K
+            assert options == mtt_card.options
+    assert specs["tesla"].config_cards == specs["tesla-exact"].config_cards
 
 
 def test_every_paper_card_names_its_source():
@@ -70,7 +77,7 @@ def test_step_updates_images_and_is_reproducible(method, experts, digits):
 
 
 def test_sla_labels_are_the_teachers_softmax_at_the_target_step(experts, digits):
-    d = make("tesla", experts)
+    d = make("tesla", experts, labels="sla")
     d.reset(digits, 1, seed=0)
     images_before = d.state_dict()["images"]
     info = d.step()
@@ -126,16 +133,16 @@ def test_nan_gradient_stops_the_run_and_keeps_the_last_good_set(experts, digits,
 
 
 def test_state_dict_resume_is_bitwise_identical(experts, digits):
-    reference = make("tesla", experts, batch_syn=4)
+    reference = make("tesla", experts, batch_syn=4, labels="sla")
     reference.reset(digits, 2, 3)
     for _ in range(4):
         reference.step()
-    first = make("tesla", experts, batch_syn=4)
+    first = make("tesla", experts, batch_syn=4, labels="sla")
     first.reset(digits, 2, 3)
     for _ in range(2):
         first.step()
     state = first.state_dict()
-    resumed = make("tesla", experts, batch_syn=4)
+    resumed = make("tesla", experts, batch_syn=4, labels="sla")
     resumed.reset(digits, 2, 3)
     resumed.load_state_dict(state)
     for _ in range(2):

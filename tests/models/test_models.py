@@ -73,8 +73,10 @@ def test_convnet_embed_dim_and_depth_choice():
     model = build_convnet(3, 10, 32)
     assert model.embed(torch.randn(2, 3, 32, 32)).shape == (2, 2048)
     assert sum(isinstance(m, nn.Conv2d) for m in build_convnet(3, 10, 64).modules()) == 4
-    assert sum(isinstance(m, nn.Conv2d) for m in build_convnet(1, 10, 8).modules()) == 3
-    assert build_convnet(1, 10, 8).embed(torch.randn(1, 1, 8, 8)).shape == (1, 128)
+    # at 8x8 the default depth is 2, so the last block normalises 4x4 maps, not 2x2
+    assert sum(isinstance(m, nn.Conv2d) for m in build_convnet(1, 10, 8).modules()) == 2
+    assert build_convnet(1, 10, 8).embed(torch.randn(1, 1, 8, 8)).shape == (1, 512)
+    assert sum(isinstance(m, nn.Conv2d) for m in build_convnet(1, 10, 16).modules()) == 3
     # ConvNet-4 on 8x8 skips one pool so that no block sees 1x1 maps
     pools = [m for m in build_model("convnet4", 1, 10, 8).modules() if isinstance(m, nn.AvgPool2d)]
     assert len(pools) == 3
