@@ -228,9 +228,12 @@ def experts(**kw: Any) -> None:
 def _add_subcommands() -> None:
     """Commands that live next to the code they drive."""
     from dcbench_tesla.bench_cli import bench
+    from dcbench_tesla.profiling.cli import plot_command, profile_command
     from dcbench_tesla.show import show
 
     main.add_command(bench)
+    main.add_command(profile_command)
+    main.add_command(plot_command)
     main.add_command(show)
 
 

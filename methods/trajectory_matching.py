@@ -28,6 +28,7 @@ from dcbench_tesla.evaluation import random_real_subset
 from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
 from dcbench_tesla.models import build_model
 
+_TEACHER_CHUNK = 500  # images per teacher forward: bounds SLA's activation memory at large IPC
 LabelStrategy = Literal["hard", "sla", "sla-last", "learned"]
 
 
@@ -230,7 +231,9 @@ class TrajectoryMatching(Distiller):
     @torch.no_grad()
     def _teacher_labels(self, teacher: Tensor) -> Tensor:
         """Soft Label Assignment: the teacher's softmax on the un-augmented images (temperature 1)."""
-        return torch.softmax(self.flat.forward(teacher, self.images.detach()), dim=1)
+        images = self.images.detach()
+        chunks = [self.flat.forward(teacher, part) for part in images.split(_TEACHER_CHUNK)]
+        return torch.softmax(torch.cat(chunks), dim=1)
 
     def _labels_for(self, theta_target: Tensor, theta_last: Tensor) -> tuple[Tensor, bool]:
         strategy = self.options.labels
@@ -399,7 +402,7 @@ def _digits_cards() -> tuple[ConfigCard, ...]:
         ConfigCard(
             "digits",
             10,
-            {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0},
+            {**common, "iterations": 100, "syn_steps": 20, "lr_img": 100.0},
             zca=False,
             source=_DIGITS,
         ),

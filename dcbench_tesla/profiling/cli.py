@@ -1,0 +1,294 @@
+"""``dcbench profile`` and ``dcbench plot``: click commands of the profiler.
+
+The group in :mod:`dcbench_tesla.cli` adds them with ``main.add_command(profile_command)`` and
+``main.add_command(plot_command)``. Both commands turn a :class:`UserError` into one line on
+stderr and exit code 2 themselves, so they behave the same standalone and inside the group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from dcbench_tesla.errors import UserError
+
+__all__ = ["parse_steps", "plot_command", "profile_command"]
+
+
+class _UsageError(click.ClickException):
+    exit_code = 2
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise _UsageError(str(exc)) from None
+
+    return wrapper
+
+
+def _names(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise UserError(f"--{what} needs a comma-separated list, got {value!r}")
+    return list(dict.fromkeys(items))
+
+
+def parse_steps(value: str) -> list[int]:
+    """Parse ``"1,10,20"`` and inclusive ranges ``"10:100:10"`` (``start:stop[:step]``), sorted.
+
+    Raises:
+        UserError: on anything but positive integers.
+    """
+    steps: set[int] = set()
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(
+                f"--steps: {item!r} is not a positive integer or a range start:stop[:step] (e.g. 1,10:100:10)"
+            ) from None
+        if len(numbers) == 1:
+            steps.add(numbers[0])
+        elif len(numbers) in (2, 3):
+            start, stop, stride = numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1
+            if stride <= 0 or stop < start:
+                raise UserError(f"--steps: range {item!r} needs start <= stop and a positive step")
+            steps.update(range(start, stop + 1, stride))
+        else:
+            raise UserError(f"--steps: {item!r} has too many ':' (use start:stop[:step])")
+    if not steps:
+        raise UserError(f"--steps needs at least one value, got {value!r}")
+    if min(steps) < 1:
+        raise UserError(f"--steps must be positive integers, got {min(steps)}")
+    return sorted(steps)
+
+
+def _check_methods(methods: list[str]) -> None:
+    from dcbench_tesla.method import distiller_class, spec
+
+    for method in methods:
+        fields = {f.name for f in dataclasses.fields(distiller_class(spec(method)).Config)}
+        if not {"syn_steps", "batch_syn"} <= fields:
+            raise UserError(
+                f"method {method!r} has no syn_steps/batch_syn options: the profiler sweeps "
+                "trajectory-matching methods (mtt, tesla, tesla-exact)"
+            )
+
+
+_OUR_FILES = ("profile.csv", "profile.md", "provenance.json", "figure2_*.png", "figure3*.png", "points/*.json")
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {str(output)!r} exists and is not a directory")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"--output {str(output)!r} is not empty; pass --overwrite to replace its files")
+
+
+def _clear_previous(output: Path) -> None:
+    """Remove the files an earlier profile wrote here (only ours), so no stale figure survives."""
+    for pattern in _OUR_FILES:
+        for path in output.glob(pattern):
+            path.unlink()
+
+
+def _command_line(ctx: click.Context, values: dict[str, Any]) -> str:
+    """The command as it ran (every option that was given), for the provenance."""
+    parts = ["dcbench", ctx.info_name or "profile"]
+    for param in ctx.command.params:
+        value = values.get(param.name)
+        if value is None or value is False or ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT:
+            continue
+        flag = max(param.opts, key=len)
+        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none'}); use --device cpu"
+        )
+
+
+@click.command("profile")
+@click.option("--methods", default="mtt,tesla,tesla-exact", show_default=True, help="Comma-separated method ids.")
+@click.option("--dataset", default=None, help="Dataset whose shape, classes and model are used [cifar100].")
+@click.option("--datasets", default=None, help="Several datasets, comma-separated (instead of --dataset).")
+@click.option("--steps", default="1,10,20", show_default=True, help="Inner steps: 1,10,20 or ranges 10:100:10.")
+@click.option("--batch-syn", type=int, default=100, show_default=True, help="Synthetic images per inner step.")
+@click.option("--ipc", type=int, default=10, show_default=True, help="Synthetic images per class.")
+@click.option("--iterations", type=int, default=10, show_default=True, help="Measured outer iterations per point.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured iterations before them.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N [cuda when present].")
+@click.option("--threads", type=int, default=None, help="Torch intra-op threads in the points [torch default].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random stand-ins and of reset.")
+@click.option(
+    "--table-steps",
+    type=int,
+    default=None,
+    help="Steps of Table 5 / Figure 3 [50 if swept, else the largest].",
+)
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Per-point time limit, seconds.")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --output.")
+@_user_errors
+def profile_command(**kw: Any) -> None:
+    """Sweep methods x dataset shapes x inner steps; write CSV, Markdown tables and figures.
+
+    Every point runs in a fresh process on random stand-in data and experts of the dataset's
+    shape (memory and time do not depend on pixel values), so no dataset files or trained experts
+    are needed.
+    """
+    from dcbench_tesla.data import DATASETS
+    from dcbench_tesla.profiling.standins import RANDOM_STANDIN_NOTE
+    from dcbench_tesla.profiling.sweep import plan_points, run_sweep
+
+    methods = _names(kw["methods"], "methods")
+    if kw["dataset"] and kw["datasets"]:
+        raise UserError("give --dataset or --datasets, not both")
+    datasets = _names(kw["datasets"] or kw["dataset"] or "cifar100", "datasets")
+    _check_methods(methods)
+    specs = [DATASETS.get(name) for name in datasets]  # unknown names: UserError with suggestions
+    steps = parse_steps(kw["steps"])
+    for name, value, low in (
+        ("batch-syn", kw["batch_syn"], 1),
+        ("ipc", kw["ipc"], 1),
+        ("iterations", kw["iterations"], 1),
+    ):
+        if value < low:
+            raise UserError(f"--{name} must be at least {low}, got {value}")
+    if kw["warmup"] < 0:
+        raise UserError(f"--warmup must be 0 or more, got {kw['warmup']}")
+    if kw["threads"] is not None and kw["threads"] < 1:
+        raise UserError(f"--threads must be at least 1, got {kw['threads']}")
+    for spec in specs:
+        images = spec.num_classes * kw["ipc"]
+        if kw["batch_syn"] > images:
+            raise UserError(
+                f"--batch-syn {kw['batch_syn']} is larger than the synthetic set of {spec.name} "
+                f"({spec.num_classes} classes x ipc {kw['ipc']} = {images} images); lower it or raise --ipc"
+            )
+    device = kw["device"] or _default_device()
+    _check_device(device)
+    output: Path = kw["output"]
+    _check_output(output, kw["overwrite"])
+
+    points = plan_points(
+        methods,
+        datasets,
+        steps,
+        batch_syn=kw["batch_syn"],
+        ipc=kw["ipc"],
+        iterations=kw["iterations"],
+        warmup=kw["warmup"],
+        device=device,
+        seed=kw["seed"],
+        threads=kw["threads"],
+    )
+    settings = {
+        "methods": methods,
+        "datasets": datasets,
+        "steps": steps,
+        "batch_syn": kw["batch_syn"],
+        "ipc": kw["ipc"],
+        "iterations": kw["iterations"],
+        "warmup": kw["warmup"],
+        "device": device,
+        "threads": kw["threads"],
+        "seed": kw["seed"],
+    }
+    command = _command_line(click.get_current_context(), kw)
+    if kw["overwrite"] and output.is_dir():
+        _clear_previous(output)
+    click.echo(f"profiling {len(points)} points into {output} (each in a fresh process)")
+    click.echo(RANDOM_STANDIN_NOTE)
+    frame = run_sweep(
+        points,
+        output,
+        command=command,
+        settings=settings,
+        timeout_s=kw["timeout_s"],
+        echo=click.echo,
+        table_steps=kw["table_steps"],
+    )
+    counts = frame["status"].value_counts().to_dict()
+    click.echo(f"done: {counts}; see {output / 'profile.md'}")
+
+
+@click.command("plot")
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A profile CSV [DIRECTORY/profile.csv].",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write [DIRECTORY, or next to --csv].",
+)
+@click.option(
+    "--table-steps",
+    type=int,
+    default=None,
+    help="Steps of Table 5 / Figure 3 [50 if swept, else the largest].",
+)
+@_user_errors
+def plot_command(directory: Path | None, csv_path: Path | None, output: Path | None, table_steps: int | None) -> None:
+    """Redraw the figures and Markdown tables of a profile from its CSV."""
+    import json
+
+    from dcbench_tesla.profiling.report import load_csv, write_reports
+    from dcbench_tesla.profiling.sweep import CSV_NAME, PROVENANCE_NAME
+
+    if csv_path is None:
+        if directory is None:
+            raise UserError("give a profile DIRECTORY or --csv FILE")
+        csv_path = directory / CSV_NAME
+    if not csv_path.is_file():
+        raise UserError(f"no profile CSV at {str(csv_path)!r}; run 'dcbench profile --output DIR' first")
+    output = output or directory or csv_path.parent
+    try:
+        frame = load_csv(csv_path)
+    except Exception as exc:
+        raise UserError(f"cannot read {str(csv_path)!r} as a profile CSV: {type(exc).__name__}: {exc}") from None
+    missing = {"method", "dataset", "steps", "status", "device", "batch_syn", "ipc"} - set(frame.columns)
+    if missing:
+        raise UserError(f"{str(csv_path)!r} is not a profile CSV: missing columns {sorted(missing)}")
+    provenance_path = csv_path.parent / PROVENANCE_NAME
+    provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.is_file() else None
+    written = write_reports(frame, output, provenance, table_steps=table_steps)
+    click.echo(f"wrote {written['markdown']} and {len(written['figures'])} figures")
