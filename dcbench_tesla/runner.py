@@ -34,7 +34,7 @@ from dcbench_tesla.method import MethodSpec, distiller_class, make, spec
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.provenance import provenance
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import Checkpoint, IterationLimit, MetricsLog, ProgressBar
+from dcbench_tesla.wrappers import Checkpoint, FiniteInfo, IterationLimit, MetricsLog, ProgressBar
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -225,7 +225,7 @@ def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path)
     diverges (the last good state) and on SIGINT / SIGTERM (then raises Interrupted).
     """
     total = distiller.iterations
-    limit = IterationLimit(distiller, total)
+    limit = IterationLimit(FiniteInfo(distiller), total)
     log = MetricsLog(limit, run_dir / "metrics.jsonl", fresh=not request.resume)
     ckpt = Checkpoint(
         log, run_dir / CHECKPOINT, request.checkpoint_every, run_identity(request, distiller.options_dict())
@@ -258,6 +258,18 @@ def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path)
                 )
     env.bar.close()
     return env
+
+
+def check_exported_set(syn: Any, dataset: Dataset, method: str) -> None:
+    """Refuse a set whose type, image shape or classes do not fit the dataset (plugins)."""
+    if not isinstance(syn, SyntheticSet):
+        raise UserError(f"method {method!r}: synthetic_set() returned {type(syn).__name__}, not a SyntheticSet")
+    if tuple(syn.images.shape[1:]) != dataset.image_shape or syn.num_classes != dataset.num_classes:
+        raise UserError(
+            f"method {method!r} produced images of shape {tuple(syn.images.shape)} for {syn.num_classes} classes; "
+            f"{dataset.name} needs (N, {', '.join(map(str, dataset.image_shape))}) and {dataset.num_classes} classes"
+        )
+    syn.validate()
 
 
 def run(request: RunRequest) -> dict[str, Any]:
@@ -316,6 +328,7 @@ def run(request: RunRequest) -> dict[str, Any]:
         syn = env.synthetic_set()
     finally:
         distiller.close()
+    check_exported_set(syn, dataset, request.method)
     syn.config = config_record
     syn.extra = {"versions": provenance(device)["versions"]}
     syn.save(run_dir / "synthetic_set.safetensors")

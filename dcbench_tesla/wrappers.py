@@ -97,6 +97,25 @@ class IterationLimit(Wrapper):
         return merge_info(info, {"iteration": self.done_iterations}, "IterationLimit")
 
 
+class FiniteInfo(Wrapper):
+    """Stops the run when a step reports a NaN or inf number (any method, plugins included)."""
+
+    def step(self) -> dict[str, Any]:
+        """Step, then check every numeric info value."""
+        from dcbench_tesla.errors import DivergenceError
+
+        info = self.env.step()
+        for key, value in info.items():
+            if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+                value = value.item()
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DivergenceError(
+                    f"the method reported {key}={value} at iteration {getattr(self.unwrapped, 'iteration', '?')}; "
+                    "the run is stopped (lower its learning rates, or fix the method if it is a plugin)."
+                )
+        return info
+
+
 class MetricsLog(Wrapper):
     """Appends every info dict, with elapsed seconds, as a JSON line to ``path``.
 
