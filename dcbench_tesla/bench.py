@@ -363,10 +363,15 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
             print(f"[{index}/{total}] {cell.name}: done earlier, read back from {result_path}")
             records[cell.name] = _read_cell(cell, result_path)
             continue
-        state = "interrupted earlier, computing again" if cell_dir.is_dir() else "computing"
+        request = dataclasses.replace(cell.request, output=cell_dir)
+        if (cell_dir / runner.CHECKPOINT).is_file():
+            state = "interrupted earlier, resuming from its checkpoint"
+            request = dataclasses.replace(request, overwrite=False, resume=True)
+        else:
+            state = "interrupted earlier, computing again" if cell_dir.is_dir() else "computing"
         print(f"[{index}/{total}] {cell.name}: {state}")
         try:
-            records[cell.name] = runner.run(dataclasses.replace(cell.request, output=cell_dir))
+            records[cell.name] = runner.run(request)
         except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
             print(
                 f"\nbench stopped in cell {cell.name}; finished cells are kept, and the same command "

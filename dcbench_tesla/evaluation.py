@@ -73,7 +73,7 @@ PROTOCOLS.register(
     EvaluationProtocol(
         name="short",
         epochs=300,
-        description="as 'paper' with 300 epochs: for the 8x8 embedded digits on a CPU (converged well before 300)",
+        description="as 'paper' with 300 epochs: the CPU budget used for the 8x8 embedded digits",
     ),
 )
 

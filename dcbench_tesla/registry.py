@@ -67,6 +67,14 @@ class Registry(Generic[T]):
         self._check_new(name)
         self._lazy[name] = target
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests and interactive sessions); unknown names raise KeyError."""
+        self._read_entry_points()
+        if name not in self._loaded and name not in self._lazy:
+            raise KeyError(name)
+        self._loaded.pop(name, None)
+        self._lazy.pop(name, None)
+
     def _add_loaded(self, name: str, obj: T) -> None:
         if name in self._lazy:
             # A lazy target resolving to itself (its module registers by decorator) is fine.

@@ -207,6 +207,28 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
+def out_of_memory_error(request: RunRequest, distiller: Any, exc: Exception) -> UserError:
+    """A GPU out-of-memory error as a message with the measured peak and what to change."""
+    peak = ""
+    if torch.cuda.is_available():
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        total_mib = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**20
+        peak = f" Peak allocated before the failure: {peak_mib:,.0f} MiB of {total_mib:,.0f} MiB."
+    options = distiller.options_dict()
+    advice = []
+    if options.get("engine") == "unrolled":
+        advice.append("use --method tesla or tesla-exact (memory constant in syn_steps)")
+    if "batch_syn" in options:
+        advice.append(f"lower batch_syn (now {options['batch_syn']}) with --set batch_syn=N")
+    if "syn_steps" in options and options.get("engine") == "unrolled":
+        advice.append(f"lower syn_steps (now {options['syn_steps']})")
+    advice.append("measure what a setting needs with 'dcbench profile'")
+    return UserError(
+        f"{request.method} ran out of GPU memory at iteration {getattr(distiller, 'iteration', '?') + 1}.{peak} "
+        f"To fit: {'; '.join(advice)}. ({str(exc).splitlines()[0]})"
+    )
+
+
 def run_identity(request: RunRequest, options: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote the checkpoint."""
     return {
@@ -249,6 +271,8 @@ def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path)
             except DivergenceError as exc:
                 ckpt.save()
                 raise DivergenceError(f"{exc} Last good state saved in {run_dir / CHECKPOINT}.") from None
+            except torch.OutOfMemoryError as exc:
+                raise out_of_memory_error(request, distiller, exc) from None
             if stop.requested:
                 ckpt.save()
                 env.bar.close()

@@ -56,10 +56,29 @@ class NanImages(RandomSubset):
         return syn
 
 
-for _name, _cls in {"fake-wrong-shape": WrongShape, "fake-nan-loss": NanLoss, "fake-nan-images": NanImages}.items():
-    globals()[_cls.__name__] = _cls
-    if _name not in METHODS:
-        dc.register_method(dc.MethodSpec(id=_name, entry_point=f"{__name__}:{_cls.__name__}", kwargs={"iterations": 3}))
+class OutOfMemory(RandomSubset):
+    """A fake (test only): raises torch's out-of-memory error as a GPU would."""
+
+    def step(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+
+
+FAKES = {
+    "fake-wrong-shape": WrongShape,
+    "fake-nan-loss": NanLoss,
+    "fake-nan-images": NanImages,
+    "fake-oom": OutOfMemory,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _faulty_plugins():
+    """Register the faulty fakes for this module only (other tests enumerate the registry)."""
+    for name, cls in FAKES.items():
+        dc.register_method(dc.MethodSpec(id=name, entry_point=f"{__name__}:{cls.__name__}", kwargs={"iterations": 3}))
+    yield
+    for name in FAKES:
+        METHODS.unregister(name)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +128,7 @@ _names = st.text(alphabet=string.ascii_letters + string.digits + "-_.", min_size
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    method=_names.filter(lambda n: n not in METHODS),
+    method=_names.filter(lambda n: n not in METHODS and not n.startswith("fake-")),
     ipc=st.one_of(st.integers(max_value=0), st.integers(min_value=10_000), st.text(max_size=5)),
     dataset=st.one_of(st.just("digits"), _names),
 )
@@ -129,3 +148,10 @@ def test_checkpoint_of_another_format_is_refused(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path))
     with pytest.raises(dc.UserError, match="not a dcbench checkpoint"):
         load_state(path)
+
+
+def test_out_of_memory_ends_with_advice(tmp_path):
+    result = invoke("run", "--method", "fake-oom", "--ipc", "1", "--output", tmp_path / "run", *FAST)
+    assert_clean_exit_2(result)
+    assert "ran out of GPU memory at iteration 1" in result.output
+    assert "dcbench profile" in result.output and "Tried to allocate 2.00 GiB (fake)" in result.output

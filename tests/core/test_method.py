@@ -59,8 +59,11 @@ def test_conformance_checker_catches_a_nondeterministic_method(digits):
 
     dc.register_method(MethodSpec(id="test-unseeded", entry_point=f"{__name__}:_Unseeded"))
     globals()["_Unseeded"] = Unseeded
-    with pytest.raises(ConformanceError, match="same seed produced different synthetic sets"):
-        check_method("test-unseeded", dataset=digits, ipc=1)
+    try:
+        with pytest.raises(ConformanceError, match="same seed produced different synthetic sets"):
+            check_method("test-unseeded", dataset=digits, ipc=1)
+    finally:
+        METHODS.unregister("test-unseeded")
 
 
 def test_conformance_checker_catches_nan_info(digits):
@@ -73,5 +76,8 @@ def test_conformance_checker_catches_nan_info(digits):
 
     globals()["_NanLoss"] = NanLoss
     dc.register_method(MethodSpec(id="test-nanloss", entry_point=f"{__name__}:_NanLoss"))
-    with pytest.raises(ConformanceError, match=r"info\['loss'\] is not finite"):
-        check_method("test-nanloss", dataset=digits, ipc=1)
+    try:
+        with pytest.raises(ConformanceError, match=r"info\['loss'\] is not finite"):
+            check_method("test-nanloss", dataset=digits, ipc=1)
+    finally:
+        METHODS.unregister("test-nanloss")

@@ -64,3 +64,12 @@ def test_broken_lazy_target_raises_user_error_naming_it_and_load_all_warns():
 def test_load_target_rejects_malformed_targets():
     with pytest.raises(ValueError, match="module:attr"):
         load_target("json.dumps")
+
+
+def test_unregister():
+    reg: Registry[int] = Registry("widget")
+    reg.register("a", 1)
+    reg.unregister("a")
+    assert reg.names() == []
+    with pytest.raises(KeyError):
+        reg.unregister("a")
