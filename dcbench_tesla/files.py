@@ -27,6 +27,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())  # some writers (safetensors) recreate it as 0600
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -345,8 +345,7 @@ def run(request: RunRequest) -> dict[str, Any]:
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
-    if not request.resume:
-        write_json_atomic(run_dir / "config.json", config_record)
+    write_json_atomic(run_dir / "config.json", config_record)  # on resume: same identity, current evaluation
     try:
         env = distil(distiller, dataset, request, run_dir)
         syn = env.synthetic_set()
