@@ -98,6 +98,13 @@ def main() -> None:
     help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
+@click.option(
+    "--eval-every",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Log the test accuracy of one model trained on the current set every N iterations (watching only).",
+)
 def run(**kw: Any) -> None:
     """Distil a synthetic set, evaluate it, and write a run directory."""
     from dcbench_tesla.runner import RunRequest
@@ -127,6 +134,7 @@ def run(**kw: Any) -> None:
         progress=not kw["no_progress"],
         checkpoint_every=kw["checkpoint_every"],
         resume=kw["resume"],
+        eval_every=kw["eval_every"],
     )
     run_method(request)
 

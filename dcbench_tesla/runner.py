@@ -34,7 +34,7 @@ from dcbench_tesla.method import MethodSpec, distiller_class, make, spec
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.provenance import provenance
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import Checkpoint, FiniteInfo, IterationLimit, MetricsLog, ProgressBar
+from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, IterationLimit, MetricsLog, ProgressBar
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -93,6 +93,7 @@ class RunRequest:
     cache_dir: Path | None = None
     checkpoint_every: int = 100
     resume: bool = False
+    eval_every: int = 0
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -229,6 +230,26 @@ def out_of_memory_error(request: RunRequest, distiller: Any, exc: Exception) -> 
     )
 
 
+def periodic_evaluation(request: RunRequest, dataset: Dataset) -> Any:
+    """``--eval-every``: one model of the first architecture on the current set (progress only).
+
+    The figure is for watching a run; it is logged, never used to pick a set (the result is
+    always the final set).
+    """
+    protocol = resolve_protocol(request, request.dataset).replace(num_models=1)
+    model = (request.eval_models or [DATASETS.get(request.dataset).default_model])[0]
+    method_spec = spec(request.method)
+
+    def evaluate(syn: SyntheticSet) -> dict[str, Any]:
+        lr = evaluation_lr(method_spec, syn, request.eval_lr, protocol)
+        result = evaluate_images(
+            syn.images, syn.labels, dataset, [model], lr, protocol, request.seed, resolve_device(request.device)
+        )
+        return {"eval_acc": result.by_model[model].mean}
+
+    return evaluate
+
+
 def run_identity(request: RunRequest, options: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the run that wrote the checkpoint."""
     return {
@@ -247,7 +268,10 @@ def distil(distiller: Any, dataset: Dataset, request: RunRequest, run_dir: Path)
     diverges (the last good state) and on SIGINT / SIGTERM (then raises Interrupted).
     """
     total = distiller.iterations
-    limit = IterationLimit(FiniteInfo(distiller), total)
+    checked = FiniteInfo(distiller)
+    if request.eval_every > 0:
+        checked = EvaluateEvery(checked, request.eval_every, periodic_evaluation(request, dataset))
+    limit = IterationLimit(checked, total)
     log = MetricsLog(limit, run_dir / "metrics.jsonl", fresh=not request.resume)
     ckpt = Checkpoint(
         log, run_dir / CHECKPOINT, request.checkpoint_every, run_identity(request, distiller.options_dict())
@@ -312,6 +336,8 @@ def run(request: RunRequest) -> dict[str, Any]:
     protocol = resolve_protocol(request, request.dataset)
     dataset_spec = DATASETS.get(request.dataset)
     models = check_models(request.eval_models or [dataset_spec.default_model])
+    if request.eval_every < 0:
+        raise UserError("--eval-every must be 0 (off) or a positive number of iterations")
     if request.checkpoint_every < 0:
         raise UserError("--checkpoint-every must be 0 (only on interrupt) or a positive number of iterations")
     run_dir = prepare_output(Path(request.output or default_output(request)), request.overwrite, request.resume)

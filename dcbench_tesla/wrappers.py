@@ -205,19 +205,22 @@ class Checkpoint(Wrapper):
 
 
 class EvaluateEvery(Wrapper):
-    """Every ``every`` steps, evaluates the current set with ``evaluate`` and adds its keys."""
+    """Every ``every`` iterations, evaluates the current set with ``evaluate`` and adds its keys.
+
+    Iterations are counted by the method (``Distiller.iteration``), so a resumed run evaluates
+    at the same iterations as an uninterrupted one.
+    """
 
     def __init__(self, env: Distiller, every: int, evaluate: Callable[[SyntheticSet], dict[str, Any]]) -> None:  # noqa: D107
         super().__init__(env)
         self.every = int(every)
         self.evaluate = evaluate
-        self._steps = 0
 
     def step(self) -> dict[str, Any]:
-        """Step; on every ``every``-th step add the evaluation's keys."""
+        """Step; on every ``every``-th iteration add the evaluation's keys."""
         info = self.env.step()
-        self._steps += 1
-        if self.every > 0 and self._steps % self.every == 0:
+        iteration = int(getattr(self.unwrapped, "iteration", 0))
+        if self.every > 0 and iteration % self.every == 0:
             info = merge_info(info, self.evaluate(self.env.synthetic_set()), "EvaluateEvery")
         return info
 

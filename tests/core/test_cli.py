@@ -179,3 +179,14 @@ def test_eval_refuses_bad_files(tmp_path, kind):
     }[kind]
     assert_user_error(invoke("eval", path, "--output", tmp_path / "out.json"), expected)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_eval_every_logs_accuracy_at_those_iterations(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--method", "dm", "--ipc", "1", "--iterations", "4", "--set", "batch_real=16"]
+    result = invoke(*args, "--eval-every", "2", "--output", out, *FAST)
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    assert [s["iteration"] for s in steps if "eval_acc" in s] == [2, 4]
+    assert all(0.0 <= s["eval_acc"] <= 1.0 for s in steps if "eval_acc" in s)
+    assert_user_error(invoke(*args, "--eval-every", "-1", "--output", tmp_path / "x", *FAST), "--eval-every")
