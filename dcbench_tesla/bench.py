@@ -30,6 +30,7 @@ from dcbench_tesla.bench_tables import DERIVED_FILES, WHOLE_DATASET, results_fra
 from dcbench_tesla.config import build_options
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.evaluation import protocol_for
 from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
 from dcbench_tesla.method import distiller_class, spec
 from dcbench_tesla.models import MODELS
@@ -188,15 +189,7 @@ def plan(request: BenchRequest) -> BenchPlan:
     models = _unique(list(request.eval_models or [dataset_spec.default_model]))
     for model in models:
         MODELS.get(model)
-    protocol = runner.resolve_protocol(
-        RunRequest(
-            method=methods[0],
-            protocol=request.protocol,
-            num_eval_models=request.num_eval_models,
-            eval_epochs=request.eval_epochs,
-        ),
-        request.dataset,
-    )
+    protocol = protocol_for(request.dataset, request.protocol, request.num_eval_models, request.eval_epochs)
     if request.iterations is not None and request.iterations < 0:
         raise UserError(f"--iterations must be at least 0, got {request.iterations}")
     if request.threads is not None and request.threads < 1:

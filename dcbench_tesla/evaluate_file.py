@@ -9,10 +9,10 @@ import torch
 
 from dcbench_tesla.data import DATASETS, load_dataset
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import evaluate_images, format_accuracy
+from dcbench_tesla.evaluation import evaluate_images, format_accuracy, protocol_for
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.provenance import provenance
-from dcbench_tesla.runner import RunRequest, check_models, resolve_device, resolve_protocol
+from dcbench_tesla.runner import check_models, resolve_device
 from dcbench_tesla.synthetic import SyntheticSet
 
 
@@ -42,10 +42,7 @@ def evaluate_file(
     if output is not None and Path(output).exists():
         raise UserError(f"--output {str(output)!r} exists; choose another path (results are never overwritten)")
     torch_device = resolve_device(device)
-    chosen = resolve_protocol(
-        RunRequest(method="eval", protocol=protocol, num_eval_models=num_models, eval_epochs=epochs),
-        syn.dataset,
-    )
+    chosen = protocol_for(syn.dataset, protocol, num_models, epochs)
     arches = check_models(models or [DATASETS.get(syn.dataset).default_model])
     dataset = load_dataset(syn.dataset, data_root).with_preprocessing(syn.preprocessing)
     if dataset.classes != syn.classes:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
+from dcbench_tesla.errors import UserError
 from dcbench_tesla.models import build_model
 from dcbench_tesla.registry import Registry
 
@@ -76,6 +77,22 @@ PROTOCOLS.register(
         description="as 'paper' with 300 epochs: the CPU budget used for the 8x8 embedded digits",
     ),
 )
+
+
+def protocol_for(
+    dataset_name: str, name: str | None = None, num_models: int | None = None, epochs: int | None = None
+) -> EvaluationProtocol:
+    """The named protocol (default: "short" on digits, "paper" elsewhere) with flag overrides.
+
+    Raises:
+        UserError: an unknown protocol, or fewer than one model or epoch.
+    """
+    if num_models is not None and num_models < 1:
+        raise UserError("--num-eval must be at least 1")
+    if epochs is not None and epochs < 1:
+        raise UserError("--eval-epochs must be at least 1")
+    protocol = PROTOCOLS.get(name or ("short" if dataset_name == "digits" else "paper"))
+    return protocol.replace(num_models=num_models, epochs=epochs)
 
 
 @dataclass
@@ -173,16 +190,34 @@ def train_and_test(
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
-        order = torch.randperm(images.shape[0], generator=generator).to(device)
-        for start in range(0, images.shape[0], protocol.batch_size):
-            index = order[start : start + protocol.batch_size]
-            batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            logits = model(augment(images[index], seed=batch_seed))
-            loss = F.cross_entropy(logits, labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
     return test_accuracy(model, dataset, protocol.test_batch_size, device)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    augment: DSA,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
+    """One epoch of SGD on shuffled batches with a DSA draw per batch (evaluation and experts).
+
+    Every random draw (batch order, augmentation seeds) comes from ``generator``. ``images`` may
+    live on the CPU while ``device`` is a GPU: batches are moved as they are used.
+    """
+    order = torch.randperm(images.shape[0], generator=generator)
+    for start in range(0, images.shape[0], batch_size):
+        index = order[start : start + batch_size].to(images.device)
+        x, y = images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+        batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        loss = F.cross_entropy(model(augment(x, seed=batch_seed)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ import warnings
 
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.evaluation import PROTOCOLS
+from dcbench_tesla.matching import ENGINES
 from dcbench_tesla.method import METHODS
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.registry import Registry
@@ -23,18 +24,13 @@ def _describe(registry: Registry, name: str) -> str:
 
 def _registries() -> dict[str, Registry]:
     registries: dict[str, Registry] = {
-        "methods": METHODS,
         "datasets": DATASETS,
+        "engines": ENGINES,
+        "methods": METHODS,
         "models": MODELS,
         "protocols": PROTOCOLS,
     }
-    try:
-        from dcbench_tesla.matching import ENGINES
-
-        registries["engines"] = ENGINES
-    except ImportError:  # pragma: no cover - engines arrive with trajectory matching
-        pass
-    return dict(sorted(registries.items()))
+    return registries
 
 
 def listing(kind: str | None = None) -> str:

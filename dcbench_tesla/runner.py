@@ -22,11 +22,11 @@ from dcbench_tesla.data import DATASETS, Dataset, load_dataset
 from dcbench_tesla.distiller import RunContext, check_ipc
 from dcbench_tesla.errors import DivergenceError, Interrupted, UserError
 from dcbench_tesla.evaluation import (
-    PROTOCOLS,
     EvaluationProtocol,
     EvaluationResult,
     evaluate_images,
     format_accuracy,
+    protocol_for,
     random_real_subset,
 )
 from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
@@ -154,15 +154,9 @@ def resolve_method_options(request: RunRequest, method_spec: MethodSpec) -> tupl
     return merged, layers, zca
 
 
-def resolve_protocol(request: RunRequest, dataset_name: str) -> EvaluationProtocol:
-    """The named protocol (default: "short" on digits, "paper" elsewhere) with flag overrides."""
-    name = request.protocol or ("short" if dataset_name == "digits" else "paper")
-    protocol = PROTOCOLS.get(name)
-    if request.num_eval_models is not None and request.num_eval_models < 1:
-        raise UserError("--num-eval must be at least 1")
-    if request.eval_epochs is not None and request.eval_epochs < 1:
-        raise UserError("--eval-epochs must be at least 1")
-    return protocol.replace(num_models=request.num_eval_models, epochs=request.eval_epochs)
+def resolve_protocol(request: RunRequest) -> EvaluationProtocol:
+    """The request's evaluation protocol (see :func:`~dcbench_tesla.evaluation.protocol_for`)."""
+    return protocol_for(request.dataset, request.protocol, request.num_eval_models, request.eval_epochs)
 
 
 def evaluation_lr(
@@ -236,7 +230,7 @@ def periodic_evaluation(request: RunRequest, dataset: Dataset) -> Any:
     The figure is for watching a run; it is logged, never used to pick a set (the result is
     always the final set).
     """
-    protocol = resolve_protocol(request, request.dataset).replace(num_models=1)
+    protocol = resolve_protocol(request).replace(num_models=1)
     model = (request.eval_models or [DATASETS.get(request.dataset).default_model])[0]
     method_spec = spec(request.method)
 
@@ -333,7 +327,7 @@ def run(request: RunRequest) -> dict[str, Any]:
         raise UserError(f"--ipc must be at least 1, got {request.ipc}")
     options, layers, zca = resolve_method_options(request, method_spec)
     build_options(distiller_class(method_spec).Config, options, owner=f"method {request.method!r}")
-    protocol = resolve_protocol(request, request.dataset)
+    protocol = resolve_protocol(request)
     dataset_spec = DATASETS.get(request.dataset)
     models = check_models(request.eval_models or [dataset_spec.default_model])
     if request.eval_every < 0:

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import test_accuracy
+from dcbench_tesla.evaluation import test_accuracy, train_one_epoch
 from dcbench_tesla.experts.config import (
     ExpertConfig,
     build_for,
@@ -86,20 +85,10 @@ def train_one_expert(
     images, labels = dataset.train_images, dataset.train_labels
     if device.type != "cpu" and images.numel() * images.element_size() <= _RESIDENT_BYTES:
         images, labels = images.to(device), labels.to(device)
-    n = images.shape[0]
     model.train()
     epochs = tqdm(range(config.epochs), desc=f"expert {index}", leave=False, disable=not progress)
     for epoch in epochs:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.batch_size):
-            index_batch = order[start : start + config.batch_size].to(images.device)
-            x = images[index_batch].to(device, non_blocking=True)
-            y = labels[index_batch].to(device, non_blocking=True)
-            batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            loss = F.cross_entropy(model(augment(x, seed=batch_seed)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_one_epoch(model, optimizer, images, labels, config.batch_size, augment, generator, device)
         snapshot = flat.flatten().float().cpu()
         if not bool(torch.isfinite(snapshot).all()):
             raise UserError(

@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+from cli_checks import assert_user_error
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,12 +23,6 @@ FAST = ["--num-eval", "1", "--eval-epochs", "1", "--no-progress", "--no-baseline
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_exit_2(result):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 class WrongShape(RandomSubset):
@@ -92,7 +87,7 @@ def _faulty_plugins():
 def test_faulty_plugins_end_with_a_clear_message(tmp_path, method, message):
     out = tmp_path / "run"
     result = invoke("run", "--method", method, "--ipc", "1", "--output", out, *FAST)
-    assert_clean_exit_2(result)
+    assert_user_error(result)
     assert message in result.output
     assert not (out / "result.json").exists() and not (out / "synthetic_set.safetensors").exists()
     assert (out / "config.json").exists()  # what was written stays readable
@@ -119,7 +114,7 @@ def test_faulty_plugins_end_with_a_clear_message(tmp_path, method, message):
 )
 def test_malformed_arguments(tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
-    assert_clean_exit_2(invoke(*args))
+    assert_user_error(invoke(*args))
     assert not (tmp_path / "x").exists()
 
 
@@ -135,7 +130,7 @@ _names = st.text(alphabet=string.ascii_letters + string.digits + "-_.", min_size
 def test_fuzzed_run_arguments_never_crash(tmp_path, method, ipc, dataset):
     out = tmp_path / "fuzz"
     result = invoke("run", "--method", method, "--dataset", dataset, "--ipc", ipc, "--output", out, *FAST)
-    assert_clean_exit_2(result)
+    assert_user_error(result)
     assert not out.exists()
 
 
@@ -152,6 +147,6 @@ def test_checkpoint_of_another_format_is_refused(tmp_path):
 
 def test_out_of_memory_ends_with_advice(tmp_path):
     result = invoke("run", "--method", "fake-oom", "--ipc", "1", "--output", tmp_path / "run", *FAST)
-    assert_clean_exit_2(result)
+    assert_user_error(result)
     assert "ran out of GPU memory at iteration 1" in result.output
     assert "dcbench profile" in result.output and "Tried to allocate 2.00 GiB (fake)" in result.output

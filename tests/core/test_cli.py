@@ -4,6 +4,7 @@ import json
 import pickle
 
 import pytest
+from cli_checks import assert_user_error
 from click.testing import CliRunner
 
 from dcbench_tesla.cli import main
@@ -14,14 +15,6 @@ FAST = ["--num-eval", "2", "--eval-epochs", "3", "--no-progress"]
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 def test_ls_lists_methods_datasets_models():

@@ -14,9 +14,7 @@ def _setup_cfg():
 
 def test_every_subpackage_is_listed_in_setup_cfg():
     listed = set(_setup_cfg()["options"]["packages"].split())
-    on_disk = {
-        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "dcbench_tesla").rglob("__init__.py")
-    }
+    on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "dcbench_tesla").rglob("__init__.py")}
     assert on_disk <= listed, f"add to setup.cfg [options] packages: {sorted(on_disk - listed)}"
     assert "dcbench_tesla_methods" in listed
 

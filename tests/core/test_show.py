@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from cli_checks import assert_user_error
 from click.testing import CliRunner
 from matplotlib.image import imread
 
@@ -160,13 +161,6 @@ def test_learning_curves_tolerate_a_truncated_last_line_only(tmp_path):
 
 def invoke(*args):
     return CliRunner().invoke(DcbenchGroup(commands={"show": show}), ["show", *[str(a) for a in args]])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 @pytest.fixture
