@@ -1,5 +1,6 @@
-"""``python -m dcbench_tesla`` runs the ``dcbench`` command line."""
+"""``python -m dcbench_tesla``: the ``dcbench`` command line."""
 
 from dcbench_tesla.cli import main
 
-main()
+if __name__ == "__main__":
+    main(prog_name="dcbench")

@@ -85,22 +85,6 @@ def build_options(config_cls: type, values: dict[str, Any], owner: str) -> Any:
         raise UserError(f"{owner}: {exc}") from exc
 
 
-def options_dict(options: Any) -> dict[str, Any]:
-    """A method's options dataclass as a plain dict."""
-    return dataclasses.asdict(options)
-
-
-def parse_set_flags(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """Parse repeated ``--set KEY=VALUE`` flags."""
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {pair!r} (for example --set lr_img=100)")
-        parsed[key.strip().replace("-", "_")] = value.strip()
-    return parsed
-
-
 def read_config_file(path: Path | str) -> dict[str, Any]:
     """Read a flat mapping of options from a ``.json`` or ``.toml`` file.
 

@@ -11,7 +11,9 @@ d.close()
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,6 +31,25 @@ def _notice(message: str) -> None:
     print(message)
 
 
+class Probe:
+    """Where a method reports what its phases cost; this default records nothing.
+
+    A method wraps a phase worth measuring in ``with self.context.probe.phase("engine"):`` and
+    reports a figure with ``self.context.probe.record("snapshot_bytes", n)``. The profiler installs
+    a probe that times the phases and keeps the figures; the method's code is the same either way.
+    """
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Mark the code inside the ``with`` block as phase ``name``."""
+        del name
+        yield
+
+    def record(self, name: str, value: float) -> None:
+        """Report a figure (bytes, counts) of the current step."""
+        del name, value
+
+
 @dataclass
 class RunContext:
     """Runtime settings a distiller needs but that are not method options.
@@ -41,6 +62,7 @@ class RunContext:
         experts: Optional expert source injected instead of trained/cached experts (the
             profiler passes random endpoints); needs ``num_experts``, ``epochs`` and
             ``trajectory(i) -> Tensor (epochs + 1, P)``.
+        probe: Receives the cost of the method's phases (see :class:`Probe`).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -48,6 +70,7 @@ class RunContext:
     progress: bool = False
     notice: Any = _notice
     experts: Any = None
+    probe: Probe = field(default_factory=Probe)
 
 
 @dataclass
@@ -61,7 +84,9 @@ class Distiller(abc.ABC):
     """Base class of every method. Subclasses set ``Config`` to an options dataclass.
 
     ``Config`` must have an ``iterations: int`` field: the number of ``step`` calls
-    the run loop makes by default.
+    the run loop makes by default. ``iteration`` is the one iteration counter of an episode:
+    :meth:`begin` sets it to 0, every ``step`` adds one, and every wrapper, the checkpoint and
+    the run loop read it (a resumed episode gets it back from the checkpoint).
     """
 
     Config: ClassVar[type] = NoOptions
@@ -72,6 +97,7 @@ class Distiller(abc.ABC):
         self.options = options
         self.context = context
         self.spec: MethodSpec | None = None
+        self.iteration = 0
 
     @property
     def iterations(self) -> int:
@@ -99,6 +125,10 @@ class Distiller(abc.ABC):
 
     def close(self) -> None:
         """Release resources."""
+
+    def oom_advice(self) -> list[str]:
+        """What to change when this method runs out of GPU memory (shown with the measured peak)."""
+        return []
 
     def options_dict(self) -> dict[str, Any]:
         """The resolved options as a dict."""

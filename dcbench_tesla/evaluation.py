@@ -74,7 +74,7 @@ PROTOCOLS.register(
     EvaluationProtocol(
         name="short",
         epochs=300,
-        description="as 'paper' with 300 epochs: the CPU budget used for the 8x8 embedded digits",
+        description="as 'paper' with 300 epochs: a CPU budget (the default of small embedded datasets)",
     ),
 )
 
@@ -82,17 +82,41 @@ PROTOCOLS.register(
 def protocol_for(
     dataset_name: str, name: str | None = None, num_models: int | None = None, epochs: int | None = None
 ) -> EvaluationProtocol:
-    """The named protocol (default: "short" on digits, "paper" elsewhere) with flag overrides.
+    """The named protocol (default: the dataset's ``default_protocol``) with flag overrides.
 
     Raises:
-        UserError: an unknown protocol, or fewer than one model or epoch.
+        UserError: an unknown protocol or dataset, or fewer than one model or epoch.
     """
+    from dcbench_tesla.data import dataset_spec
+
     if num_models is not None and num_models < 1:
         raise UserError("--num-eval must be at least 1")
     if epochs is not None and epochs < 1:
         raise UserError("--eval-epochs must be at least 1")
-    protocol = PROTOCOLS.get(name or ("short" if dataset_name == "digits" else "paper"))
+    protocol = PROTOCOLS.get(name or dataset_spec(dataset_name).default_protocol)
     return protocol.replace(num_models=num_models, epochs=epochs)
+
+
+def evaluation_lr(
+    learned_lr: float | None, method_eval_lr: str | float, override: float | None, protocol: EvaluationProtocol
+) -> float:
+    """The learning rate a set is evaluated with: the one rule for ``run``, ``bench`` and ``eval``.
+
+    In order: an explicit ``--eval-lr``; the set's learned step size when its method evaluates with
+    it (``eval_lr == "learned"``); the method's fixed lr (a number); the protocol's ``fixed_lr``.
+
+    Raises:
+        UserError: an override that is not positive and finite.
+    """
+    if override is not None:
+        if not (override > 0 and math.isfinite(override)):
+            raise UserError(f"--eval-lr must be positive and finite, got {override}")
+        return float(override)
+    if method_eval_lr == "learned" and learned_lr is not None:
+        return float(learned_lr)
+    if isinstance(method_eval_lr, int | float) and not isinstance(method_eval_lr, bool):
+        return float(method_eval_lr)
+    return protocol.fixed_lr
 
 
 @dataclass

@@ -1,4 +1,10 @@
-"""Atomic file writes: a crash never leaves a half-written result behind."""
+"""Files the harness writes and reads: atomic writes, and safetensors files with JSON metadata.
+
+Every file goes through a temporary file and a rename, so a crash never leaves a half-written
+result behind. Every tensor file (synthetic sets, checkpoints, expert stores, ZCA caches) is
+safetensors with one JSON metadata entry ``dcbench``, written by :func:`write_tensor_file` and read
+by :func:`read_tensor_file`, which never unpickles.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dcbench_tesla.errors import UserError
+
+METADATA_KEY = "dcbench"
 
 
 @contextlib.contextmanager
@@ -70,3 +78,68 @@ def ensure_writable_dir(path: Path | str) -> Path:
             "Choose a directory you can write to with --output."
         ) from exc
     return path
+
+
+def looks_like_pickle(path: Path | str) -> bool:
+    """True if the file starts like a pickle or a ``torch.save`` zip archive and not like safetensors.
+
+    A safetensors file starts with its header length (8 bytes, little endian) and then ``{``; its
+    first byte can be ``0x80`` like a pickle's, so the safetensors layout is checked first.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    header_length = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and head[8:9] == b"{" and 8 + header_length <= path.stat().st_size:
+        return False
+    return head[:1] == b"\x80" or head[:2] == b"PK"
+
+
+def write_tensor_file(path: Path | str, tensors: dict[str, Any], metadata: dict[str, Any]) -> Path:
+    """Write ``tensors`` (CPU, contiguous) and JSON ``metadata`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    ready = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(ready, str(tmp), metadata={METADATA_KEY: json.dumps(metadata, default=str)})
+    return path
+
+
+def read_tensor_file(path: Path | str, what: str, *, tensors: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a file written by :func:`write_tensor_file`: its tensors (unless ``tensors=False``) and metadata.
+
+    Args:
+        path: The file.
+        what: What the file should be ("synthetic set", "checkpoint", ...), for messages.
+        tensors: Load the tensors too; False reads the header only.
+
+    Raises:
+        UserError: missing file, a pickle (never unpickled), not a readable safetensors file, or
+            metadata that is not a JSON object.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist")
+    try:
+        if looks_like_pickle(path):
+            raise UserError(
+                f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors). "
+                "dcbench never unpickles files; re-export it as safetensors."
+            )
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY, "{}")
+            loaded = {name: handle.get_tensor(name) for name in handle.keys()} if tensors else {}
+    except UserError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{str(path)!r} is not a readable {what} file (safetensors): {exc}") from exc
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{str(path)!r}: corrupt {what} metadata: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise UserError(f"{str(path)!r}: corrupt {what} metadata (not a JSON object)")
+    return loaded, meta

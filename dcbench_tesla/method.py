@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.registry import METHOD_ENTRY_POINT_GROUP, Registry, load_target
+from dcbench_tesla.registry import ENTRY_POINT_GROUPS, Registry, load_target
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class MethodSpec:
         config_cards: Per-dataset/IPC settings.
         eval_lr: Evaluation learning rate: ``"learned"`` (the set's learned step size) or a number.
         smoke_options: Options that make the method tiny and fast (conformance tests, CI).
+        role: ``"method"``, or ``"baseline"`` for the reference every result is reported beside.
     """
 
     id: str
@@ -60,6 +61,16 @@ class MethodSpec:
     config_cards: tuple[ConfigCard, ...] = ()
     eval_lr: str | float = 0.01
     smoke_options: dict[str, Any] = field(default_factory=dict)
+    role: str = "method"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"MethodSpec {self.id!r}: role must be one of {ROLES}, got {self.role!r}")
+
+    @property
+    def is_baseline(self) -> bool:
+        """True for the method every other result is reported beside."""
+        return self.role == "baseline"
 
     def card_for(self, dataset: str, ipc: int) -> ConfigCard | None:
         """The config card for ``dataset`` at ``ipc``, or None."""
@@ -91,7 +102,11 @@ class MethodSpec:
         return cls(**data)
 
 
-METHODS: Registry[MethodSpec] = Registry("method", entry_point_group=METHOD_ENTRY_POINT_GROUP)
+METHODS: Registry[MethodSpec] = Registry("method", entry_point_group=ENTRY_POINT_GROUPS["method"])
+
+#: Roles a method can play. A ``baseline`` (the random real subset) is what every other result is
+#: reported beside; it is never given its own baseline, and it carries the whole-dataset bound.
+ROLES = ("method", "baseline")
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
@@ -106,13 +121,22 @@ def spec(method_id: str) -> MethodSpec:
     Raises:
         UserError: unknown id (with suggestions) or a plugin that fails to load.
     """
-    found = METHODS.get(method_id)
-    if not isinstance(found, MethodSpec):
-        raise UserError(
-            f"method plugin {method_id!r} does not provide a MethodSpec (got {type(found).__name__}); "
-            "its entry point must name a dcbench_tesla.MethodSpec object."
-        )
-    return found
+    return METHODS.get_as(method_id, MethodSpec)
+
+
+def baseline_method() -> str:
+    """Id of the registered method whose role is ``baseline``.
+
+    Raises:
+        UserError: no registered method has that role.
+    """
+    for method_id in METHODS.names():
+        try:
+            if spec(method_id).is_baseline:
+                return method_id
+        except UserError:
+            continue  # a broken plugin cannot be the baseline
+    raise UserError("no registered method has the role 'baseline' (the random real subset); reinstall dcbench-tesla")
 
 
 def list_methods() -> list[str]:
@@ -147,6 +171,11 @@ def make(method_id: str, context: Any = None, **overrides: Any) -> Any:
     method_spec = spec(method_id)
     cls = distiller_class(method_spec)
     options = build_options(cls.Config, {**method_spec.kwargs, **overrides}, owner=f"method {method_id!r}")
-    distiller = cls(options, context or RunContext())
+    return build_distiller(method_spec, options, context or RunContext())
+
+
+def build_distiller(method_spec: MethodSpec, options: Any, context: Any) -> Any:
+    """The distiller of ``method_spec`` with already built ``options`` (see :func:`make`)."""
+    distiller = distiller_class(method_spec)(options, context)
     distiller.spec = method_spec
     return distiller

@@ -2,8 +2,9 @@
 
 Entries are registered eagerly (a decorator or ``register(name, obj)``) or lazily
 (``register_lazy(name, "package.module:attr")``); lazy targets are imported only when
-first looked up. The method registry also reads the ``dcbench_tesla.methods`` entry
-point group, so built-in methods and third-party plugins arrive the same way.
+first looked up. The method, dataset and model registries also read their entry-point
+groups (:data:`ENTRY_POINT_GROUPS`), so built-in methods and third-party plugins arrive
+the same way, and a broken plugin is a clear error naming it, never a crash.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from dcbench_tesla.errors import UserError
 
 T = TypeVar("T")
 
-METHOD_ENTRY_POINT_GROUP = "dcbench_tesla.methods"
+#: Entry-point group of each plugin kind: a package declares ``name = module:attr`` under one of these.
+ENTRY_POINT_GROUPS = {
+    "method": "dcbench_tesla.methods",
+    "dataset": "dcbench_tesla.datasets",
+    "model": "dcbench_tesla.models",
+}
 
 
 def load_target(target: str) -> object:
@@ -47,7 +53,6 @@ class Registry(Generic[T]):
         self._entry_points_read = entry_point_group is None
         self._loaded: dict[str, T] = {}
         self._lazy: dict[str, str | importlib.metadata.EntryPoint] = {}
-        self._broken: dict[str, str] = {}
 
     # -- registration -------------------------------------------------------------
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -134,7 +139,6 @@ class Registry(Generic[T]):
             obj = target.load() if isinstance(target, importlib.metadata.EntryPoint) else load_target(target)
         except Exception as exc:  # a broken plugin must not crash the harness
             where = target.value if isinstance(target, importlib.metadata.EntryPoint) else target
-            self._broken[name] = f"{type(exc).__name__}: {exc}"
             raise UserError(
                 f"{self.kind} {name!r} could not be loaded from {where!r}: "
                 f"{type(exc).__name__}: {exc}. Fix or uninstall the package that provides it."
@@ -144,15 +148,19 @@ class Registry(Generic[T]):
             self._loaded[name] = obj  # type: ignore[assignment]
         return self._loaded[name]
 
-    def load_all(self) -> dict[str, T]:
-        """Load every entry; broken ones are skipped with a warning naming them."""
-        loaded: dict[str, T] = {}
-        for name in self.names():
-            try:
-                loaded[name] = self.get(name)
-            except UserError as exc:
-                warnings.warn(f"skipping broken {self.kind} plugin {name!r}: {exc}", stacklevel=2)
-        return loaded
+    def get_as(self, name: str, expected: type) -> T:
+        """:meth:`get`, checking the entry is an instance of ``expected`` (what a plugin must provide).
+
+        Raises:
+            UserError: unknown name, a plugin that fails to load, or one that provides something else.
+        """
+        found = self.get(name)
+        if not isinstance(found, expected):
+            raise UserError(
+                f"{self.kind} plugin {name!r} does not provide a {expected.__name__} (got {type(found).__name__}); "
+                f"its entry point must name a {expected.__module__}.{expected.__name__} object."
+            )
+        return found
 
     def unknown_message(self, name: str) -> str:
         """Message for an unknown name: close matches, then everything available."""

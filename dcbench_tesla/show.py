@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.files import atomic_path
+from dcbench_tesla.run.rundir import RunDir
 from dcbench_tesla.synthetic import SyntheticSet
 
 DPI = 100
@@ -36,8 +36,8 @@ MAX_FIGURE_PX = 30000
 MAX_NAME_CHARS = 20
 IMAGES_NAME = "images.png"
 CURVES_NAME = "curves.png"
-RUN_SET_NAME = "synthetic_set.safetensors"
-RUN_METRICS_NAME = "metrics.jsonl"
+RUN_SET_NAME = RunDir.SYNTHETIC_SET
+RUN_METRICS_NAME = RunDir.METRICS
 
 
 @dataclass(frozen=True)
@@ -283,7 +283,7 @@ def _with_x(records: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]
 def _run_title(run_dir: Path) -> str:
     label = run_dir.resolve().name
     try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = json.loads(RunDir(run_dir).config.read_text(encoding="utf-8"))
         parts = [
             str(config["method"]),
             str(config["dataset"]),
@@ -394,18 +394,9 @@ def _resolve_outputs(source: Path, output: Path | None, is_run: bool) -> dict[st
     return outputs
 
 
-@click.command(name="show")
-@click.argument("target", metavar="FILE_OR_RUN_DIR", type=click.Path(path_type=Path))
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A .png file (for a set file) or a directory [next to the input: images.png, curves.png].",
-)
-@click.option("--max-per-class", type=int, default=10, show_default=True, help="Images shown per class.")
-@click.option("--max-classes", type=int, default=None, help="Classes shown (the first ones) [all].")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def show(target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool) -> None:
+def show(
+    target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool, echo: Any = print
+) -> None:
     """Draw a synthetic set as an image grid; for a run directory, also its learning curves."""
     if not target.exists():
         raise UserError(f"{str(target)!r} does not exist; give a synthetic-set file or a run directory")
@@ -432,8 +423,8 @@ def show(target: Path, output: Path | None, max_per_class: int, max_classes: int
     if is_run:
         read_metrics(target / RUN_METRICS_NAME)  # fail on a bad log before writing anything
     layout = image_grid(syn, outputs["images"], max_per_class=max_per_class, max_classes=max_classes)
-    click.echo(f"images: {layout.path}  ({len(layout.classes)} classes x up to {max_per_class} images)")
+    echo(f"images: {layout.path}  ({len(layout.classes)} classes x up to {max_per_class} images)")
     if is_run:
         plotted = learning_curves(target, outputs["curves"])
         what = ", ".join(plotted) if plotted else "nothing to plot (no distillation steps)"
-        click.echo(f"curves: {outputs['curves']}  ({what})")
+        echo(f"curves: {outputs['curves']}  ({what})")

@@ -7,16 +7,13 @@ in the file's metadata. Loading rebuilds the structure without executing anythin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.files import atomic_path
-from dcbench_tesla.synthetic import read_safetensors
+from dcbench_tesla.files import read_tensor_file, write_tensor_file
 
 FORMAT = "dcbench-tesla/state"
 _TENSOR = "__tensor__"
@@ -57,11 +54,7 @@ def save_state(path: Path | str, state: dict[str, Any]) -> Path:
     """Write ``state`` atomically to ``path`` (safetensors + JSON structure)."""
     tensors: dict[str, torch.Tensor] = {}
     structure = _flatten(state, tensors)
-    meta = {"format": FORMAT, "structure": structure}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"dcbench": json.dumps(meta)})
-    return path
+    return write_tensor_file(path, tensors, {"format": FORMAT, "structure": structure})
 
 
 def load_state(path: Path | str, what: str = "checkpoint") -> dict[str, Any]:
@@ -71,9 +64,7 @@ def load_state(path: Path | str, what: str = "checkpoint") -> dict[str, Any]:
         UserError: missing, truncated, foreign or pickled file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {str(path)!r} does not exist")
-    tensors, meta = read_safetensors(path, what=what)
+    tensors, meta = read_tensor_file(path, what=what)
     if meta.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is not a dcbench {what} (format {meta.get('format')!r})")
     try:

@@ -9,19 +9,16 @@ ipc, iteration and package versions. Everything ``dcbench eval`` needs travels i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from dcbench_tesla.checks import is_finite
 from dcbench_tesla.data import Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.files import atomic_path
+from dcbench_tesla.files import read_tensor_file, write_tensor_file
 
 FORMAT = "dcbench-tesla/synthetic-set"
 FORMAT_VERSION = 1
@@ -89,9 +86,9 @@ class SyntheticSet:
         if self.label_kind == "hard":
             if self.labels.ndim != 1 or (n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)):
                 raise UserError(f"synthetic set: hard labels must be (N,) class indices below {self.num_classes}")
-        if not torch.isfinite(self.images).all() or not torch.isfinite(self.labels.float()).all():
+        if not is_finite(self.images) or not is_finite(self.labels):
             raise UserError("synthetic set: images or labels contain NaN or inf")
-        if self.lr is not None and not (self.lr > 0 and self.lr < float("inf")):
+        if self.lr is not None and not (self.lr > 0 and is_finite(self.lr)):
             raise UserError(f"synthetic set: learned lr must be positive and finite, got {self.lr}")
 
     def metadata(self) -> dict[str, Any]:
@@ -117,17 +114,11 @@ class SyntheticSet:
     def save(self, path: Path | str) -> Path:
         """Write the set atomically to ``path`` (safetensors)."""
         self.validate()
-        tensors = {
-            "images": self.images.detach().cpu().float().contiguous(),
-            "labels": self.labels.detach().cpu().contiguous(),
-        }
+        tensors = {"images": self.images.float(), "labels": self.labels}
         if self.preprocessing.zca is not None:
-            tensors["zca_mean"] = self.preprocessing.zca.mean.detach().cpu().float().contiguous()
-            tensors["zca_matrix"] = self.preprocessing.zca.matrix.detach().cpu().float().contiguous()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"dcbench": json.dumps(self.metadata(), default=str)})
-        return path
+            tensors["zca_mean"] = self.preprocessing.zca.mean.float()
+            tensors["zca_matrix"] = self.preprocessing.zca.matrix.float()
+        return write_tensor_file(path, tensors, self.metadata())
 
     @classmethod
     def load(cls, path: Path | str) -> SyntheticSet:
@@ -138,9 +129,7 @@ class SyntheticSet:
                 truncated file, ...), or a safetensors file that is not a dcbench set.
         """
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"synthetic set file {str(path)!r} does not exist")
-        tensors, meta = read_safetensors(path, what="synthetic set")
+        tensors, meta = read_tensor_file(path, what="synthetic set")
         if meta.get("format") != FORMAT:
             raise UserError(
                 f"{str(path)!r} is a safetensors file but not a dcbench synthetic set "
@@ -180,37 +169,3 @@ class SyntheticSet:
             raise UserError(f"{str(path)!r}: corrupt synthetic-set metadata ({type(exc).__name__}: {exc})") from exc
         syn.validate()
         return syn
-
-
-def read_safetensors(path: Path, what: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Load tensors and the ``dcbench`` JSON metadata of a safetensors file, safely.
-
-    Never unpickles: a pickle (or any other format) given here is refused.
-
-    Raises:
-        UserError: the file is not a readable safetensors file or its metadata is not JSON.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise UserError(
-                f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors). "
-                "dcbench never unpickles files; re-export it as safetensors."
-            )
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            raw_meta = handle.metadata() or {}
-    except UserError:
-        raise
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{str(path)!r} is not a readable {what} file (safetensors): {exc}") from exc
-    try:
-        meta = json.loads(raw_meta.get("dcbench", "{}"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{str(path)!r}: corrupt {what} metadata: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise UserError(f"{str(path)!r}: corrupt {what} metadata (not a JSON object)")
-    return tensors, meta

@@ -1,7 +1,8 @@
 """Wrappers around a Distiller, composed like Gymnasium wrappers.
 
-Each adds keys to the ``info`` dicts and never overwrites one, so the run loop and
-method code stay free of logging, limits, progress and periodic evaluation.
+Each adds keys to the ``info`` dicts and never overwrites one, so the run loop and method code
+stay free of logging, checkpoints, progress and periodic evaluation. Every wrapper reads the one
+iteration counter of the episode, the distiller's ``iteration``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from dcbench_tesla.checks import non_finite
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.distiller import Distiller
+from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.synthetic import SyntheticSet
 
 
@@ -47,6 +48,11 @@ class Wrapper(Distiller):
             env = env.env
         return env
 
+    @property
+    def iteration(self) -> int:  # type: ignore[override]
+        """The distiller's iteration counter (the only one)."""
+        return int(getattr(self.unwrapped, "iteration", 0))
+
     def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
         """Reset the wrapped distiller."""
         return self.env.reset(dataset, ipc, seed)
@@ -72,29 +78,23 @@ class Wrapper(Distiller):
         self.env.close()
 
 
-class IterationLimit(Wrapper):
-    """Counts iterations, adds ``iteration`` to info, and says when the run is finished."""
+def unwrap(env: Distiller) -> Distiller:
+    """The innermost distiller of ``env`` (``env`` itself when it is not wrapped)."""
+    return env.unwrapped if isinstance(env, Wrapper) else env
 
-    def __init__(self, env: Distiller, max_iterations: int) -> None:  # noqa: D107
-        super().__init__(env)
-        self.max_iterations = int(max_iterations)
-        self.done_iterations = 0
 
-    @property
-    def finished(self) -> bool:
-        """True once ``max_iterations`` steps were taken."""
-        return self.done_iterations >= self.max_iterations
+def episode_state(env: Distiller) -> dict[str, Any]:
+    """What a checkpoint holds of an episode: the iteration and the distiller's ``state_dict``."""
+    inner = unwrap(env)
+    return {"iteration": int(inner.iteration), "distiller": inner.state_dict()}
 
-    def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
-        """Reset and zero the counter."""
-        self.done_iterations = 0
-        return merge_info(self.env.reset(dataset, ipc, seed), {"iteration": 0}, "IterationLimit")
 
-    def step(self) -> dict[str, Any]:
-        """Step and count."""
-        info = self.env.step()
-        self.done_iterations += 1
-        return merge_info(info, {"iteration": self.done_iterations}, "IterationLimit")
+def restore_episode(env: Distiller, state: dict[str, Any]) -> int:
+    """Load :func:`episode_state` output into an episode already reset the same way; return its iteration."""
+    inner = unwrap(env)
+    inner.load_state_dict(state["distiller"])
+    inner.iteration = int(state["iteration"])
+    return inner.iteration
 
 
 class FiniteInfo(Wrapper):
@@ -102,41 +102,40 @@ class FiniteInfo(Wrapper):
 
     def step(self) -> dict[str, Any]:
         """Step, then check every numeric info value."""
-        from dcbench_tesla.errors import DivergenceError
-
         info = self.env.step()
-        for key, value in info.items():
-            if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
-                value = value.item()
-            if isinstance(value, float) and not math.isfinite(value):
-                raise DivergenceError(
-                    f"the method reported {key}={value} at iteration {getattr(self.unwrapped, 'iteration', '?')}; "
-                    "the run is stopped (lower its learning rates, or fix the method if it is a plugin)."
-                )
+        bad = non_finite(info)
+        if bad:
+            key, value = next(iter(bad.items()))
+            raise DivergenceError(
+                f"the method reported {key}={value} at iteration {self.iteration}; "
+                "the run is stopped (lower its learning rates, or fix the method if it is a plugin)."
+            )
         return info
 
 
 class MetricsLog(Wrapper):
-    """Appends every info dict, with elapsed seconds, as a JSON line to ``path``.
+    """Appends every info dict, with the iteration and elapsed seconds, as a JSON line to ``path``.
 
-    ``reset`` starts a fresh log unless ``fresh=False`` (a resumed run), and
-    :meth:`keep_until` trims it to a checkpoint's iteration.
+    ``reset`` starts a fresh log unless ``fresh=False`` (a resumed run); then the first step trims
+    the log to the iteration the episode resumed from, so redone iterations are logged once.
     """
 
     def __init__(self, env: Distiller, path: Path | str, fresh: bool = True) -> None:  # noqa: D107
         super().__init__(env)
         self.path = Path(path)
         self.fresh = fresh
+        self._trim = False
         self._start = time.perf_counter()
 
     def keep_until(self, iteration: int) -> None:
         """Drop logged steps after ``iteration`` (they are redone after a resume)."""
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
-        kept = [line for line in lines if json.loads(line).get("iteration", 0) <= iteration]
+        kept = [line for line in lines if _logged_iteration(line) <= iteration]
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def _write(self, event: str, info: dict[str, Any]) -> dict[str, Any]:
-        info = merge_info(info, {"elapsed_s": round(time.perf_counter() - self._start, 4)}, "MetricsLog")
+        extra = {"iteration": self.iteration, "elapsed_s": round(time.perf_counter() - self._start, 4)}
+        info = merge_info(info, extra, "MetricsLog")
         record = {"event": event, **{k: _jsonable(v) for k, v in info.items()}}
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -145,21 +144,28 @@ class MetricsLog(Wrapper):
     def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
         """Reset, start a fresh log (unless resuming), and log the reset info."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = self.env.reset(dataset, ipc, seed)
         if self.fresh or not self.path.exists():
             self.path.write_text("", encoding="utf-8")
+            self._start = time.perf_counter()
+            return self._write("reset", info)
         self._start = time.perf_counter()
-        return self._write("reset", self.env.reset(dataset, ipc, seed))
+        self._trim = True
+        return info
 
     def step(self) -> dict[str, Any]:
         """Step and log the info."""
+        if self._trim:
+            self._trim = False
+            self.keep_until(self.iteration)
         return self._write("step", self.env.step())
 
 
 class Checkpoint(Wrapper):
-    """Saves the full state atomically every ``every`` steps and on request (:meth:`save`).
+    """Saves the episode atomically every ``every`` iterations and on request (:meth:`save`).
 
-    The file holds the iteration, an identity (method, dataset, ipc, seed, options) that
-    a resume must match, and the distiller's ``state_dict`` (safetensors, no pickle).
+    The file holds the iteration, an identity (method, dataset, ipc, seed, options) that a resume
+    must match, and the distiller's ``state_dict`` (safetensors, no pickle).
     """
 
     def __init__(self, env: Distiller, path: Path | str, every: int, identity: dict[str, Any]) -> None:  # noqa: D107
@@ -167,13 +173,11 @@ class Checkpoint(Wrapper):
         self.path = Path(path)
         self.every = int(every)
         self.identity = identity
-        self.done_iterations = 0
 
     def step(self) -> dict[str, Any]:
-        """Step; save every ``every`` steps."""
+        """Step; save every ``every`` iterations."""
         info = self.env.step()
-        self.done_iterations += 1
-        if self.every > 0 and self.done_iterations % self.every == 0:
+        if self.every > 0 and self.iteration % self.every == 0:
             self.save()
         return info
 
@@ -181,16 +185,10 @@ class Checkpoint(Wrapper):
         """Write the checkpoint now (atomically: a crash keeps the previous one readable)."""
         from dcbench_tesla.state_io import save_state
 
-        state = {
-            "iteration": self.done_iterations,
-            "identity": self.identity,
-            "distiller": self.env.state_dict(),
-        }
-        return save_state(self.path, state)
+        return save_state(self.path, {**episode_state(self.env), "identity": self.identity})
 
     def restore(self) -> int:
         """Load the checkpoint into the (already reset) distiller; return its iteration."""
-        from dcbench_tesla.errors import UserError
         from dcbench_tesla.state_io import load_state
 
         state = load_state(self.path)
@@ -199,16 +197,14 @@ class Checkpoint(Wrapper):
                 f"checkpoint {str(self.path)!r} belongs to another run ({state.get('identity')}); "
                 "resume with the same method, dataset, --ipc, --seed and options, or start a new --output"
             )
-        self.env.load_state_dict(state["distiller"])
-        self.done_iterations = int(state["iteration"])
-        return self.done_iterations
+        return restore_episode(self.env, state)
 
 
 class EvaluateEvery(Wrapper):
     """Every ``every`` iterations, evaluates the current set with ``evaluate`` and adds its keys.
 
-    Iterations are counted by the method (``Distiller.iteration``), so a resumed run evaluates
-    at the same iterations as an uninterrupted one.
+    Iterations are the distiller's, so a resumed run evaluates at the same iterations as an
+    uninterrupted one.
     """
 
     def __init__(self, env: Distiller, every: int, evaluate: Callable[[SyntheticSet], dict[str, Any]]) -> None:  # noqa: D107
@@ -219,8 +215,7 @@ class EvaluateEvery(Wrapper):
     def step(self) -> dict[str, Any]:
         """Step; on every ``every``-th iteration add the evaluation's keys."""
         info = self.env.step()
-        iteration = int(getattr(self.unwrapped, "iteration", 0))
-        if self.every > 0 and iteration % self.every == 0:
+        if self.every > 0 and self.iteration % self.every == 0:
             info = merge_info(info, self.evaluate(self.env.synthetic_set()), "EvaluateEvery")
         return info
 
@@ -228,16 +223,20 @@ class EvaluateEvery(Wrapper):
 class ProgressBar(Wrapper):
     """A tqdm bar over the iterations, showing the latest loss."""
 
-    def __init__(
-        self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil", initial: int = 0
-    ) -> None:  # noqa: D107
+    def __init__(self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil") -> None:  # noqa: D107
+        from tqdm.auto import tqdm
+
         super().__init__(env)
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled or total == 0, leave=False)
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled or total == 0, leave=False)
+        self._started = False
 
     def step(self) -> dict[str, Any]:
-        """Step and advance the bar."""
+        """Step and advance the bar (a resumed episode's bar starts at the checkpoint's iteration)."""
+        if not self._started:
+            self._started = True
+            self.bar.initial = self.bar.n = self.bar.last_print_n = self.iteration
         info = self.env.step()
-        self.bar.update(1)
+        self.bar.update(self.iteration - self.bar.n)
         if "loss" in info:
             self.bar.set_postfix(loss=f"{info['loss']:.4g}")
         return info
@@ -246,6 +245,13 @@ class ProgressBar(Wrapper):
         """Close the bar and the wrapped distiller."""
         self.bar.close()
         self.env.close()
+
+
+def _logged_iteration(line: str) -> int:
+    try:
+        return int(json.loads(line).get("iteration", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 def _jsonable(value: Any) -> Any:

@@ -40,4 +40,5 @@ SPEC = MethodSpec(
         "imagenet64": {1: 0.5, 2: 0.9, 10: 3.6, 50: 15.3},
     },
     eval_lr=0.01,
+    role="baseline",
 )

@@ -266,7 +266,9 @@ class TrajectoryMatching(Distiller):
             augment=augment,
             labels_learnable=learnable,
         )
-        grads = self.engine(problem)
+        with self.context.probe.phase("engine"):
+            grads = self.engine(problem)
+        self.context.probe.record("snapshot_bytes", grads.snapshot_bytes)
         self._guard(grads.is_finite(), "the matching loss or its gradient")
         self.images.grad = grads.images.to(self.images.dtype)
         self.syn_lr.grad = grads.syn_lr.to(self.syn_lr.dtype).reshape(self.syn_lr.shape)
@@ -286,6 +288,16 @@ class TrajectoryMatching(Distiller):
             "start_epoch": start,
             "grad_norm_images": float(grads.images.norm()),
         }
+
+    def oom_advice(self) -> list[str]:
+        """What fits a trajectory-matching iteration into less GPU memory."""
+        opts: TrajectoryMatchingConfig = self.options
+        advice = []
+        if not getattr(self.engine, "constant_memory", True):
+            advice.append(f"use a constant-memory engine (--set engine=tesla or adjoint; now {opts.engine})")
+            advice.append(f"lower syn_steps (now {opts.syn_steps}) with --set syn_steps=N")
+        advice.append(f"lower batch_syn (now {opts.batch_syn}) with --set batch_syn=N")
+        return advice
 
     def _guard(self, finite: bool, what: str) -> None:
         if not finite:

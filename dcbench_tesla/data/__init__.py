@@ -1,14 +1,27 @@
-"""Dataset registry, loaders, preprocessing (mean/std, ZCA) and DSA augmentation."""
+"""Dataset registry, loaders, preprocessing (mean/std, ZCA) and DSA augmentation.
+
+Datasets register as :class:`DatasetSpec` objects: the built-in ones below, third-party ones
+through the entry-point group ``dcbench_tesla.datasets`` (read lazily; a broken plugin is named,
+never a crash). Importing this module does not import torch; :func:`load_dataset` does.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from dcbench_tesla.data.dataset import Dataset, DatasetSpec, Preprocessing, ZCAState
-from dcbench_tesla.registry import Registry, load_target
+from dcbench_tesla.data.spec import DatasetSpec
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.registry import ENTRY_POINT_GROUPS, Registry, load_target
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+if TYPE_CHECKING:
+    from dcbench_tesla.data.dataset import Dataset, Preprocessing, ZCAState
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset", entry_point_group=ENTRY_POINT_GROUPS["dataset"])
+
+#: The dataset every command uses when none is named: real data that ships inside a package.
+DEFAULT_DATASET = "digits"
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -22,7 +35,7 @@ DIGITS_STD = (0.3765,)
 
 for _spec in (
     DatasetSpec(
-        name="digits",
+        name=DEFAULT_DATASET,
         loader="dcbench_tesla.data.digits:load_digits",
         image_shape=(1, 8, 8),
         num_classes=10,
@@ -33,6 +46,8 @@ for _spec in (
         expected_files="(none: ships inside scikit-learn)",
         how_to_get="pip install scikit-learn",
         description="scikit-learn handwritten digits, 8x8 grey, 10 classes, offline (embedded default)",
+        default_protocol="short",
+        num_experts=5,
     ),
     DatasetSpec(
         name="cifar10",
@@ -86,9 +101,47 @@ for _spec in (
         expected_files="imagenet64/{train_data_batch_1..10.npz, val_data.npz} or imagenet64/{train,val}/<class>/*.png",
         how_to_get="request 'Downsampled ImageNet 64x64' (npz) from https://image-net.org/download-images",
         description="ImageNet-1K downsampled to 64x64 (npz batches or an image folder)",
+        num_experts=50,
+    ),
+    DatasetSpec(
+        name="imagefolder",
+        loader="dcbench_tesla.data.imagefolder:load_imagefolder",
+        image_shape=None,
+        num_classes=None,
+        mean=(),
+        std=(),
+        default_model="convnet",
+        needs_root=True,
+        expected_files="train/<class>/*.png|jpg and test/<class>/*.png|jpg (the same class folders in both)",
+        how_to_get="arrange your own images in that layout and pass --data-root DIR (and --image-size N)",
+        description="your own images: DIR/train/<class>/*, DIR/test/<class>/*, resized to --image-size (RGB)",
+        loader_options=("image_size",),
+    ),
+    DatasetSpec(
+        name="npz",
+        loader="dcbench_tesla.data.npz:load_npz",
+        image_shape=None,
+        num_classes=None,
+        mean=(),
+        std=(),
+        default_model="convnet",
+        needs_root=True,
+        expected_files="one .npz with arrays x_train, y_train, x_test, y_test (images NCHW or NHWC, uint8 or "
+        "floats in [0, 1]; optional 'classes')",
+        how_to_get="np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) and pass --data-root path.npz",
+        description="your own arrays in one .npz (x_train, y_train, x_test, y_test)",
     ),
 ):
     DATASETS.register(_spec.name, _spec)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` registered as ``name``.
+
+    Raises:
+        UserError: unknown name (with suggestions), or a plugin that does not provide a DatasetSpec.
+    """
+    return DATASETS.get_as(name, DatasetSpec)
 
 
 def default_data_root() -> Path:
@@ -107,6 +160,7 @@ def load_dataset(
     *,
     zca: bool = False,
     cache_dir: Path | None = None,
+    **options: Any,
 ) -> Dataset:
     """Load a registered dataset, preprocessed (mean/std, or ZCA when ``zca``).
 
@@ -115,26 +169,55 @@ def load_dataset(
         data_root: Directory holding the dataset folders (default: ``default_data_root()``).
         zca: Whiten with ZCA fitted on the training split (cached under ``cache_dir``).
         cache_dir: Where fitted ZCA states are cached (default: ``default_cache_dir()``).
+        **options: Loader options the dataset declares in ``loader_options`` (e.g. ``image_size``);
+            None values are ignored.
 
     Raises:
-        UserError: unknown dataset, or files missing/corrupt (the message names the
-            expected location and files and how to obtain them).
+        UserError: unknown dataset, an option it does not take, or files missing/corrupt (the
+            message names the expected location and files and how to obtain them).
     """
-    spec = DATASETS.get(name)
+    spec = dataset_spec(name)
+    given = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(given) - set(spec.loader_options))
+    if unknown:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        raise UserError(
+            f"{flags} does not apply to dataset {name!r} (it takes: {', '.join(spec.loader_options) or 'none'})"
+        )
     loader = load_target(spec.loader)
-    return loader(
-        Path(data_root) if data_root is not None else default_data_root(),
+    dataset = loader(
+        Path(data_root).expanduser() if data_root is not None else default_data_root(),
         zca=zca,
         cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        **given,
     )
+    return dataset
+
+
+_LAZY = {
+    "build_dataset": "dcbench_tesla.data._build:build_dataset",
+    "Dataset": "dcbench_tesla.data.dataset:Dataset",
+    "Preprocessing": "dcbench_tesla.data.dataset:Preprocessing",
+    "ZCAState": "dcbench_tesla.data.dataset:ZCAState",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The tensor-holding classes, imported (with torch) on first use."""
+    if name in _LAZY:
+        return load_target(_LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "DATASETS",
+    "build_dataset",
+    "DEFAULT_DATASET",
     "Dataset",
     "DatasetSpec",
     "Preprocessing",
     "ZCAState",
+    "dataset_spec",
     "default_cache_dir",
     "default_data_root",
     "load_dataset",

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dcbench_tesla.data.dataset import Dataset, DatasetSpec, Preprocessing
+from dcbench_tesla.data.dataset import Dataset, Preprocessing
+from dcbench_tesla.data.spec import DatasetSpec
 from dcbench_tesla.data.zca import DEFAULT_EPS, cached_zca, zca_cache_key
 from dcbench_tesla.errors import UserError
 
@@ -77,9 +78,10 @@ def build_dataset(
     test_labels: np.ndarray | Tensor | Sequence[int],
     classes: Sequence[str],
     zca: bool,
-    cache_dir: Path,
+    cache_dir: Path | None,
     source: str,
     zca_eps: float = DEFAULT_EPS,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Dataset:
     """Turn raw splits into a preprocessed :class:`Dataset`.
 
@@ -92,9 +94,10 @@ def build_dataset(
         classes: Class names, index = label.
         zca: Whiten with ZCA fitted on the training images (cached under ``cache_dir``)
             instead of per-channel mean/std normalisation.
-        cache_dir: Cache root for the fitted ZCA state.
+        cache_dir: Cache root for the fitted ZCA state (None: ``$DCBENCH_CACHE``).
         source: Provenance (a path or a package).
         zca_eps: ZCA regularisation.
+        normalisation: ``(mean, std)`` per channel when the spec has none (computed from the files).
 
     Raises:
         UserError: if the shapes or labels do not fit the spec.
@@ -104,10 +107,11 @@ def build_dataset(
     ytrain = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).reshape(-1)
     ytest = torch.as_tensor(np.asarray(test_labels), dtype=torch.int64).reshape(-1)
     for split, x, y in (("train", train, ytrain), ("test", test, ytest)):
-        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(spec.image_shape):
+        expected = spec.image_shape or tuple(train.shape[1:])
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(expected):
             raise UserError(
                 f"dataset {spec.name!r} ({source}): {split} images have shape {tuple(x.shape)}, "
-                f"expected (N, {', '.join(map(str, spec.image_shape))})"
+                f"expected (N, {', '.join(map(str, expected))})"
             )
         if x.shape[0] != y.shape[0]:
             raise UserError(f"dataset {spec.name!r} ({source}): {x.shape[0]} {split} images but {y.shape[0]} labels")
@@ -120,8 +124,12 @@ def build_dataset(
         raise UserError(f"dataset {spec.name!r} ({source}): the training split is empty")
     state = None
     if zca:
-        state = cached_zca(train, cache_dir, zca_cache_key(spec.name, train, zca_eps), eps=zca_eps)
-    preprocessing = Preprocessing(mean=tuple(spec.mean), std=tuple(spec.std), zca=state)
+        from dcbench_tesla.data import default_cache_dir
+
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        state = cached_zca(train, cache, zca_cache_key(spec.name, train, zca_eps), eps=zca_eps)
+    mean, std = normalisation if normalisation is not None else (spec.mean, spec.std)
+    preprocessing = Preprocessing(mean=tuple(mean), std=tuple(std), zca=state)
     return Dataset(
         name=spec.name,
         classes=[str(c) for c in classes],

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from dcbench_tesla.data.dataset import Dataset, DatasetSpec
+from dcbench_tesla.data.dataset import Dataset
+from dcbench_tesla.data.spec import DatasetSpec
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))

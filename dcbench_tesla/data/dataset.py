@@ -126,34 +126,3 @@ class Dataset:
     def min_class_size(self) -> int:
         """Images in the smallest class of the training split."""
         return int(torch.bincount(self.train_labels, minlength=self.num_classes).min())
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What the registry knows about a dataset without loading it.
-
-    Attributes:
-        name: Registry name.
-        loader: ``"module:function"`` target; called as ``loader(root, zca=...)``.
-        image_shape: (C, H, W).
-        num_classes: Number of classes.
-        mean: Per-channel mean of the training pixels in [0, 1].
-        std: Per-channel standard deviation.
-        default_model: Model registry name used for distillation and evaluation.
-        needs_root: Whether files on disk are needed (False for packaged data).
-        expected_files: Human description of the files expected under the data root.
-        how_to_get: How to obtain the files.
-        description: One line for ``dcbench ls``.
-    """
-
-    name: str
-    loader: str
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    default_model: str
-    needs_root: bool
-    expected_files: str
-    how_to_get: str
-    description: str

@@ -47,7 +47,7 @@ def load_digits(root: Path | None = None, *, zca: bool = False, cache_dir: Path 
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
-    from dcbench_tesla.data import DATASETS, default_cache_dir
+    from dcbench_tesla.data import DATASETS, DEFAULT_DATASET, default_cache_dir
     from dcbench_tesla.data._build import build_dataset
 
     bunch = sk_load_digits()
@@ -55,7 +55,7 @@ def load_digits(root: Path | None = None, *, zca: bool = False, cache_dir: Path 
     labels = np.asarray(bunch.target, dtype=np.int64)
     train_idx, test_idx = split_indices(labels)
     return build_dataset(
-        DATASETS.get("digits"),
+        DATASETS.get(DEFAULT_DATASET),
         train_images=images[train_idx],
         train_labels=labels[train_idx],
         test_images=images[test_idx],

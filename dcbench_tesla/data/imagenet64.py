@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcbench_tesla.data.dataset import Dataset, DatasetSpec
+from dcbench_tesla.data.dataset import Dataset
+from dcbench_tesla.data.spec import DatasetSpec
 
 FOLDER = "imagenet64"
 SIZE = 64

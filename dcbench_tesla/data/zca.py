@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from dcbench_tesla.data.dataset import ZCAState
-from dcbench_tesla.files import atomic_path
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.files import read_tensor_file, write_tensor_file
 
 DEFAULT_EPS = 0.1
 _HASH_SAMPLE_ROWS = 256
@@ -68,29 +69,30 @@ def zca_cache_key(name: str, images01: Tensor, eps: float = DEFAULT_EPS) -> str:
     return f"{safe_name}-{shape}-eps{eps:g}-{images_digest(images01)}"
 
 
+ZCA_FORMAT = "dcbench-tesla/zca"
+
+
 def save_zca(state: ZCAState, path: Path) -> None:
     """Write ``state`` to a safetensors file atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
-    tensors = {"mean": state.mean.contiguous(), "matrix": state.matrix.contiguous()}
+    tensors = {"mean": state.mean, "matrix": state.matrix}
     if state.inverse is not None:
-        tensors["inverse"] = state.inverse.contiguous()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"eps": repr(float(state.eps)), "format": "dcbench-zca-1"})
+        tensors["inverse"] = state.inverse
+    write_tensor_file(path, tensors, {"format": ZCA_FORMAT, "eps": float(state.eps)})
 
 
 def load_zca(path: Path) -> ZCAState:
-    """Read a state written by :func:`save_zca`."""
-    from safetensors import safe_open
+    """Read a state written by :func:`save_zca`.
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        keys = set(f.keys())
-        tensors = {k: f.get_tensor(k) for k in keys}
+    Raises:
+        UserError: not a ZCA cache file, or a corrupt one.
+    """
+    tensors, meta = read_tensor_file(path, what="ZCA cache")
+    if meta.get("format") != ZCA_FORMAT or not {"mean", "matrix"} <= set(tensors):
+        raise UserError(f"{str(path)!r} is not a dcbench ZCA cache file")
     return ZCAState(
         mean=tensors["mean"],
         matrix=tensors["matrix"],
-        eps=float(metadata.get("eps", DEFAULT_EPS)),
+        eps=float(meta.get("eps", DEFAULT_EPS)),
         inverse=tensors.get("inverse"),
     )
 

@@ -12,7 +12,6 @@ MTT / TESLA ``replay_buffer_<n>.pt`` files) and ``command`` (``dcbench experts``
 """
 
 from dcbench_tesla.experts.config import (
-    DEFAULT_NUM_EXPERTS,
     ExpertConfig,
     human_bytes,
     model_layout,
@@ -29,7 +28,6 @@ from dcbench_tesla.experts.training import (
 from dcbench_tesla.experts.upstream import import_upstream
 
 __all__ = [
-    "DEFAULT_NUM_EXPERTS",
     "MANIFEST",
     "ExpertConfig",
     "ExpertStore",

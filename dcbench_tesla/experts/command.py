@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.experts.config import ExpertConfig
 from dcbench_tesla.experts.store import ExpertStore
@@ -25,6 +23,7 @@ def experts_command(
     zca: bool = False,
     seed: int = 0,
     data_root: Path | None = None,
+    image_size: int | None = None,
     output: Path | None = None,
     device: str | None = None,
     threads: int | None = None,
@@ -42,15 +41,13 @@ def experts_command(
     Raises:
         UserError: any invalid input (unknown dataset or model, bad values, unreadable buffers, ...).
     """
+    from dcbench_tesla.checks import resolve_device, set_threads
     from dcbench_tesla.data import default_cache_dir, load_dataset
-    from dcbench_tesla.runner import resolve_device
 
-    if threads is not None:
-        if threads < 1:
-            raise UserError("--threads must be at least 1")
-        torch.set_num_threads(threads)
+    set_threads(threads)
+    torch_device = resolve_device(device)
     cache_dir = default_cache_dir()
-    data = load_dataset(dataset, data_root, zca=zca, cache_dir=cache_dir)
+    data = load_dataset(dataset, data_root, zca=zca, cache_dir=cache_dir, image_size=image_size)
     if imports:
         if num_experts is not None:
             raise UserError("--num-experts does not apply to --import (every trajectory in the files is imported)")
@@ -70,7 +67,6 @@ def experts_command(
     config = ExpertConfig.for_dataset(
         data, model=model, num_experts=num_experts, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed
     )
-    torch_device = resolve_device(device)
     if output is not None:
         store = train_experts(data, config, output, torch_device, progress=progress, notice=notice)
     else:

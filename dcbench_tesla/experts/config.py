@@ -16,16 +16,13 @@ from typing import Any
 
 import torch
 
-from dcbench_tesla.data import DATASETS, Dataset, Preprocessing
+from dcbench_tesla.data import DATASETS, Dataset, Preprocessing, dataset_spec
 from dcbench_tesla.data.augment import DEFAULT_STRATEGY, DSA
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.matching.problem import FlatParams
 from dcbench_tesla.models import build_model
 
-#: Experts trained by ``dcbench experts`` when ``--num-experts`` is not given. 100 on CIFAR and
-#: 50 on ImageNet-1K follow the TESLA paper (reference-facts section 9); 5 on the embedded digits
-#: keeps a first CPU run under a minute; other datasets get 100.
-DEFAULT_NUM_EXPERTS: dict[str, int] = {"digits": 5, "cifar10": 100, "cifar100": 100, "imagenet64": 50}
+#: Experts when neither ``--num-experts`` nor the dataset's spec (``DatasetSpec.num_experts``) says.
 FALLBACK_NUM_EXPERTS = 100
 
 _KEY_CHARS = 12
@@ -106,16 +103,16 @@ class ExpertConfig:
         Args:
             dataset: The loaded dataset (its name and whether it is ZCA-whitened are taken from it).
             model: Model registry name [the dataset's ``default_model``].
-            num_experts: [``DEFAULT_NUM_EXPERTS`` for the dataset].
+            num_experts: [the dataset spec's ``num_experts``].
             **overrides: Other :class:`ExpertConfig` fields (None values are ignored).
         """
-        spec = DATASETS.get(dataset.name) if dataset.name in DATASETS else None
+        spec = dataset_spec(dataset.name) if dataset.name in DATASETS else None
         if model is None:
             if spec is None:
                 raise UserError(f"dataset {dataset.name!r} is not registered; name the model explicitly")
             model = spec.default_model
         if num_experts is None:
-            num_experts = DEFAULT_NUM_EXPERTS.get(dataset.name, FALLBACK_NUM_EXPERTS)
+            num_experts = spec.num_experts if spec is not None else FALLBACK_NUM_EXPERTS
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -249,7 +246,6 @@ def human_bytes(n: float) -> str:
 
 
 __all__ = [
-    "DEFAULT_NUM_EXPERTS",
     "FALLBACK_NUM_EXPERTS",
     "ExpertConfig",
     "build_for",

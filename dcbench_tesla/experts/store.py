@@ -17,22 +17,18 @@ read without unpickling.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from dcbench_tesla.data import Dataset, Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.experts.config import ExpertConfig, human_bytes, layout_numel, storage_bytes
-from dcbench_tesla.files import atomic_path
-from dcbench_tesla.synthetic import read_safetensors
+from dcbench_tesla.files import read_tensor_file, write_tensor_file
 
 MANIFEST = "manifest.safetensors"
 FORMAT = "dcbench-tesla/experts"
@@ -88,48 +84,15 @@ def write_manifest(directory: Path, metadata: dict[str, Any], preprocessing: Pre
     """Write ``manifest.safetensors`` (with the ZCA tensors, if any) atomically."""
     tensors: dict[str, Tensor] = {}
     if preprocessing.zca is not None:
-        tensors["zca_mean"] = preprocessing.zca.mean.detach().cpu().float().contiguous()
-        tensors["zca_matrix"] = preprocessing.zca.matrix.detach().cpu().float().contiguous()
-    path = Path(directory) / MANIFEST
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"dcbench": json.dumps(metadata, default=str)})
-    return path
+        tensors["zca_mean"] = preprocessing.zca.mean.float()
+        tensors["zca_matrix"] = preprocessing.zca.matrix.float()
+    return write_tensor_file(Path(directory) / MANIFEST, tensors, metadata)
 
 
 def write_expert(directory: Path, index: int, trajectory: Tensor, metadata: dict[str, Any]) -> Path:
     """Write one expert's ``(epochs + 1, P)`` trajectory and metadata atomically."""
     meta = {"format": EXPERT_FORMAT, "format_version": FORMAT_VERSION, "index": int(index), **metadata}
-    path = Path(directory) / expert_filename(index)
-    with atomic_path(path) as tmp:
-        save_file(
-            {"trajectory": trajectory.detach().cpu().float().contiguous()},
-            str(tmp),
-            metadata={"dcbench": json.dumps(meta, default=str)},
-        )
-    return path
-
-
-def read_header(path: Path, what: str) -> dict[str, Any]:
-    """The ``dcbench`` JSON metadata of a safetensors file, without reading its tensors.
-
-    Raises:
-        UserError: not a readable safetensors file, or metadata that is not a JSON object.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-        if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise UserError(f"{str(path)!r} looks like a pickle / torch.save file, not a {what} (safetensors)")
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get("dcbench", "{}")
-        meta = json.loads(raw)
-    except UserError:
-        raise
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{str(path)!r} is not a readable {what} file (safetensors): {exc}") from exc
-    if not isinstance(meta, dict):
-        raise UserError(f"{str(path)!r}: corrupt {what} metadata (not a JSON object)")
-    return meta
+    return write_tensor_file(Path(directory) / expert_filename(index), {"trajectory": trajectory.float()}, meta)
 
 
 class ExpertStore:
@@ -200,7 +163,7 @@ class ExpertStore:
                 f"no expert store in {str(directory)!r} (no {MANIFEST}); train experts with "
                 "'dcbench experts --dataset ...' or import upstream buffers with 'dcbench experts --import'"
             )
-        tensors, meta = read_safetensors(path, what="expert manifest")
+        tensors, meta = read_tensor_file(path, what="expert manifest")
         if meta.get("format") != FORMAT:
             raise UserError(
                 f"{str(path)!r} is a safetensors file but not a dcbench expert manifest (format {meta.get('format')!r})"
@@ -290,7 +253,7 @@ class ExpertStore:
 
     def expert_metadata(self, i: int) -> dict[str, Any]:
         """The JSON metadata of the ``i``-th finished expert (its header only is read)."""
-        return read_header(self.expert_path(i), what="expert trajectory")
+        return read_tensor_file(self.expert_path(i), what="expert trajectory", tensors=False)[1]
 
     def test_accuracies(self) -> list[float]:
         """Final test accuracy of every finished expert that recorded one."""
@@ -312,7 +275,7 @@ class ExpertStore:
             self._cache.move_to_end(i)
             return self._cache[i]
         path = self.expert_path(i)
-        tensors, meta = read_safetensors(path, what="expert trajectory")
+        tensors, meta = read_tensor_file(path, what="expert trajectory")
         if meta.get("format") != EXPERT_FORMAT:
             raise UserError(f"{str(path)!r} is not a dcbench expert trajectory (format {meta.get('format')!r})")
         if meta.get("key") != self._key:
@@ -453,7 +416,6 @@ __all__ = [
     "expert_filename",
     "finished_indices",
     "manifest_metadata",
-    "read_header",
     "write_expert",
     "write_manifest",
 ]

@@ -3,10 +3,11 @@ from typing import Literal
 
 import pytest
 
-from dcbench_tesla.config import build_options, parse_set_flags, read_config_file
+from dcbench_tesla.cli.common import parse_set
+from dcbench_tesla.config import build_options, read_config_file
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.method import ConfigCard, MethodSpec
-from dcbench_tesla.runner import RunRequest, resolve_method_options
+from dcbench_tesla.run.request import RunRequest, option_layers
 
 
 @dataclasses.dataclass
@@ -39,10 +40,10 @@ def test_bad_values_raise_user_errors(values, message):
         build_options(Opts, values, "method 'x'")
 
 
-def test_parse_set_flags():
-    assert parse_set_flags(["lr-img=5", "syn_steps = 3"]) == {"lr_img": "5", "syn_steps": "3"}
+def test_parse_set():
+    assert parse_set(["lr-img=5", "syn_steps = 3"]) == {"lr_img": "5", "syn_steps": "3"}
     with pytest.raises(UserError, match="KEY=VALUE"):
-        parse_set_flags(["lr_img"])
+        parse_set(["lr_img"])
 
 
 def test_config_files_json_and_toml(tmp_path):
@@ -72,10 +73,10 @@ def test_precedence_defaults_card_file_flags(tmp_path):
     )
     (tmp_path / "c.json").write_text('{"lr_img": 3.0}')
     request = RunRequest(method="m", dataset="digits", ipc=1, config_file=tmp_path / "c.json", iterations=9)
-    merged, layers, zca = resolve_method_options(request, spec)
+    merged, layers, zca = option_layers(request, spec)
     assert merged == {"lr_img": 3.0, "iterations": 9, "batch_syn": 7}
     assert zca is True and layers["config_card"]["source"] == "test"
     request.options = {"lr_img": "4"}
-    assert resolve_method_options(request, spec)[0]["lr_img"] == "4"
+    assert option_layers(request, spec)[0]["lr_img"] == "4"
     request.zca = False
-    assert resolve_method_options(request, spec)[2] is False
+    assert option_layers(request, spec)[2] is False

@@ -10,10 +10,10 @@ from cli_checks import assert_user_error
 from click.testing import CliRunner
 from matplotlib.image import imread
 
-from dcbench_tesla.cli import DcbenchGroup
+from dcbench_tesla.cli import main
 from dcbench_tesla.data import Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.show import image_grid, learning_curves, show
+from dcbench_tesla.show import image_grid, learning_curves
 from dcbench_tesla.synthetic import SyntheticSet
 
 TOL = 2.5 / 255  # 8-bit PNG (and the grey colormap's 256-entry table)
@@ -160,7 +160,7 @@ def test_learning_curves_tolerate_a_truncated_last_line_only(tmp_path):
 
 
 def invoke(*args):
-    return CliRunner().invoke(DcbenchGroup(commands={"show": show}), ["show", *[str(a) for a in args]])
+    return CliRunner().invoke(main, ["show", *[str(a) for a in args]])
 
 
 @pytest.fixture

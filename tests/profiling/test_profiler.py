@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from dcbench_tesla.cli.profile import parse_steps, plot_command, profile_command
 from dcbench_tesla.profiling import measure as measure_module
-from dcbench_tesla.profiling.cli import parse_steps, plot_command, profile_command
 from dcbench_tesla.profiling.nvml import NvmlSampler
 from dcbench_tesla.profiling.point import FAKE_OOM_ENV, PointSpec, is_out_of_memory
 from dcbench_tesla.profiling.report import load_csv

@@ -3,14 +3,15 @@
 A bench directory holds::
 
     bench.json                  the request, compared on every re-run (written atomically)
-    cells/<method>-ipc<N>/      a normal run directory per cell (see ``runner.RESULT_SCHEMA``)
+    cells/<method>-ipc<N>/      a normal run directory per cell (see :mod:`dcbench_tesla.run.rundir`)
     cells/whole-dataset/        the whole training set under the protocol (``whole_dataset``)
-    results.csv  table1.md  table1.csv  [table2.md  table2.csv]   (see :mod:`bench_tables`)
+    results.csv  table1.md  table1.csv  [table2.md  table2.csv]   (see :mod:`dcbench_tesla.run.tables`)
 
-A cell whose ``result.json`` exists is read back, never recomputed; a cell directory
-without one (an interrupted run) is recomputed. So killing a bench and running the same
-command again computes only what is missing. Expert trajectories are shared between cells
-by the experts cache (keyed by their config), not by this module.
+Every cell is resolved with :func:`~dcbench_tesla.run.request.resolve` before any cell runs, so a
+bad input stops the bench before it starts. A cell whose ``result.json`` exists is read back, never
+recomputed; a cell with a checkpoint is resumed; any other cell directory is computed again. So
+killing a bench and running the same command again computes only what is missing. Expert
+trajectories are shared between cells by the experts cache (keyed by their config).
 """
 
 from __future__ import annotations
@@ -25,22 +26,16 @@ from typing import Any
 
 import pandas as pd
 
-from dcbench_tesla import runner
-from dcbench_tesla.bench_tables import DERIVED_FILES, WHOLE_DATASET, results_frame, write_tables
-from dcbench_tesla.config import build_options
-from dcbench_tesla.data import DATASETS
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import protocol_for
 from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
-from dcbench_tesla.method import distiller_class, spec
-from dcbench_tesla.models import MODELS
-from dcbench_tesla.runner import RunRequest
+from dcbench_tesla.method import baseline_method, distiller_class, spec
+from dcbench_tesla.run import runner
+from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
+from dcbench_tesla.run.rundir import RunDir
+from dcbench_tesla.run.tables import DERIVED_FILES, WHOLE_DATASET, results_frame, write_tables
 
 BENCH_SCHEMA_VERSION = 1
 MANIFEST = "bench.json"
-#: The method whose run with ``whole_dataset=True`` gives the whole-dataset cell (its own
-#: IPC-1 result is ignored there): the upper bound needs no distillation.
-_WHOLE_DATASET_CARRIER = "random"
 
 
 @dataclass
@@ -55,9 +50,9 @@ class BenchRequest:
         eval_models: Architectures to evaluate on (first one: Table 1) [dataset default].
         num_eval_models: K, models per architecture [protocol's].
         eval_epochs: Epochs per evaluation model [protocol's].
-        protocol: Evaluation protocol name [short on digits, paper elsewhere].
+        protocol: Evaluation protocol name [the dataset's default].
         iterations: Outer iterations of every method that optimises (methods whose resolved
-            iteration count is 0, such as ``random``, keep 0).
+            iteration count is 0, such as the random baseline, keep 0).
         options: Method options. A plain key applies to every method that has the option;
             ``"method.key"`` applies to that method only.
         whole_dataset: Also evaluate the whole training set once (its own cell).
@@ -65,6 +60,7 @@ class BenchRequest:
         seed: Seed of every run.
         overwrite: Discard the results in ``output`` and compute every cell again.
         data_root: Directory holding dataset folders.
+        image_size: Image side for datasets that resize (``imagefolder``).
         device: Torch device.
         threads: Torch intra-op threads.
         progress: Show progress bars.
@@ -86,6 +82,7 @@ class BenchRequest:
     seed: int = 0
     overwrite: bool = False
     data_root: Path | None = None
+    image_size: int | None = None
     device: str | None = None
     threads: int | None = None
     progress: bool = True
@@ -99,7 +96,12 @@ class Cell:
     name: str
     method: str
     ipc: int | None
-    request: RunRequest
+    run: ResolvedRun
+
+    @property
+    def rundir(self) -> RunDir:
+        """The cell's run directory."""
+        return self.run.rundir
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's entry for this cell."""
@@ -113,6 +115,7 @@ class BenchPlan:
     identity: dict[str, Any]
     cells: list[Cell]
     output: Path
+    baseline_method: str
 
 
 def cell_name(method: str, ipc: int) -> str:
@@ -137,7 +140,7 @@ def _same_method(a: str, b: str) -> bool:
     return a.replace("-", "_") == b.replace("-", "_")
 
 
-def _split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dict[str, Any]]:
+def split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dict[str, Any]]:
     """Distribute plain and ``method.key`` options to the methods they apply to."""
     fields = {m: {f.name for f in dataclasses.fields(distiller_class(spec(m)).Config)} for m in methods}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
@@ -165,83 +168,78 @@ def _split_options(options: dict[str, Any], methods: list[str]) -> dict[str, dic
     return per_method
 
 
-def _resolved_iterations(run_request: RunRequest) -> int:
-    method_spec = spec(run_request.method)
-    options, _, _ = runner.resolve_method_options(dataclasses.replace(run_request, iterations=None), method_spec)
-    built = build_options(distiller_class(method_spec).Config, options, owner=f"method {run_request.method!r}")
-    return int(getattr(built, "iterations", 0))
+def _cell_run(request: BenchRequest, base: RunRequest, name: str) -> ResolvedRun:
+    """Resolve one cell (with ``--iterations`` only for methods that optimise), naming it on errors."""
+    run_request = dataclasses.replace(base, output=Path(request.output) / "cells" / name)
+    try:
+        resolved = resolve(run_request)
+        if request.iterations is not None and int(getattr(resolved.options, "iterations", 0)) > 0:
+            resolved = resolve(dataclasses.replace(run_request, iterations=request.iterations))
+    except UserError as exc:
+        raise UserError(f"cell {name}: {exc}") from None
+    return resolved
 
 
 def plan(request: BenchRequest) -> BenchPlan:
-    """Validate every input before any cell runs and lay out the cells.
+    """Validate every input before any cell runs and lay out the cells (each one resolved).
 
     Raises:
-        UserError: unknown methods, datasets, models or protocol (with suggestions), bad IPC
-            values, unknown or ill-typed options, a bad exclude entry, device or thread count.
+        UserError: anything a run would refuse (unknown methods, datasets, models, protocol, bad
+            options, device, threads), bad IPC values or a bad exclude entry.
     """
     methods = _unique(list(request.methods))
     if not methods:
         raise UserError("--methods needs at least one method, e.g. --methods random,dm,mtt,tesla")
     for method in methods:
         spec(method)
-    dataset_spec = DATASETS.get(request.dataset)
     ipcs = _check_ipcs(list(request.ipcs))
-    models = _unique(list(request.eval_models or [dataset_spec.default_model]))
-    for model in models:
-        MODELS.get(model)
-    protocol = protocol_for(request.dataset, request.protocol, request.num_eval_models, request.eval_epochs)
-    if request.iterations is not None and request.iterations < 0:
-        raise UserError(f"--iterations must be at least 0, got {request.iterations}")
-    if request.threads is not None and request.threads < 1:
-        raise UserError("--threads must be at least 1")
-    runner.resolve_device(request.device)
-    if request.data_root is not None and not Path(request.data_root).is_dir():
-        raise UserError(f"--data-root {str(request.data_root)!r} is not a directory")
     grid = [cell_name(m, ipc) for m in methods for ipc in ipcs]
     exclude = _unique(list(request.exclude))
     for name in exclude:
         if name not in grid:
             raise UserError(f"--exclude {name!r} is not a cell of this bench; cells are: {', '.join(grid)}")
-    per_method = _split_options(dict(request.options), methods)
-
-    common = {
-        "dataset": request.dataset,
-        "seed": request.seed,
-        "data_root": request.data_root,
-        "eval_models": models,
-        "protocol": protocol.name,
-        "num_eval_models": protocol.num_models,
-        "eval_epochs": protocol.epochs,
-        "device": request.device,
-        "threads": request.threads,
-        "progress": request.progress,
-        "cache_dir": request.cache_dir,
-        "overwrite": True,  # a cell is only ever run when it has no result.json
-    }
+    per_method = split_options(dict(request.options), methods)
+    common = RunRequest(
+        method=methods[0],
+        dataset=request.dataset,
+        seed=request.seed,
+        data_root=request.data_root,
+        image_size=request.image_size,
+        eval_models=_unique(list(request.eval_models)) if request.eval_models else None,
+        protocol=request.protocol,
+        num_eval_models=request.num_eval_models,
+        eval_epochs=request.eval_epochs,
+        device=request.device,
+        threads=request.threads,
+        progress=request.progress,
+        cache_dir=request.cache_dir,
+        overwrite=True,  # a cell is only ever computed when it has no result.json
+    )
     cells: list[Cell] = []
     normalised: dict[str, dict[str, Any]] = {}
     for method in methods:
-        method_spec = spec(method)
-        config_cls = distiller_class(method_spec).Config
-        built = build_options(config_cls, {**method_spec.kwargs, **per_method[method]}, owner=f"method {method!r}")
-        normalised[method] = {key: getattr(built, key) for key in per_method[method]}
         for ipc in ipcs:
-            run_request = RunRequest(method=method, ipc=ipc, options=per_method[method], **common)
-            if request.iterations is not None and _resolved_iterations(run_request) > 0:
-                run_request.iterations = request.iterations
-            options, _, _ = runner.resolve_method_options(run_request, method_spec)
-            build_options(config_cls, options, owner=f"method {method!r} at IPC {ipc}")
-            if cell_name(method, ipc) not in exclude:
-                cells.append(Cell(cell_name(method, ipc), method, ipc, run_request))
+            name = cell_name(method, ipc)
+            base = dataclasses.replace(common, method=method, ipc=ipc, options=per_method[method])
+            resolved = _cell_run(request, base, name)
+            normalised[method] = {key: getattr(resolved.options, key) for key in per_method[method]}
+            if name not in exclude:
+                cells.append(Cell(name, method, ipc, resolved))
+    baseline = baseline_method()
     if request.whole_dataset:
-        whole = RunRequest(method=_WHOLE_DATASET_CARRIER, ipc=1, baseline=False, whole_dataset=True, **common)
-        cells.append(Cell(WHOLE_DATASET, WHOLE_DATASET, None, whole))
+        whole = dataclasses.replace(common, method=baseline, ipc=1, baseline=False, whole_dataset=True)
+        cells.append(Cell(WHOLE_DATASET, WHOLE_DATASET, None, _cell_run(request, whole, WHOLE_DATASET)))
+    first = cells[0].run if cells else _cell_run(request, common, grid[0])
     identity = {
         "methods": methods,
         "dataset": request.dataset,
         "ipcs": ipcs,
-        "eval_models": models,
-        "protocol": {"name": protocol.name, "num_models": protocol.num_models, "epochs": protocol.epochs},
+        "eval_models": first.models,
+        "protocol": {
+            "name": first.protocol.name,
+            "num_models": first.protocol.num_models,
+            "epochs": first.protocol.epochs,
+        },
         "iterations": request.iterations,
         "options": normalised,
         "whole_dataset": bool(request.whole_dataset),
@@ -249,12 +247,21 @@ def plan(request: BenchRequest) -> BenchPlan:
         "seed": request.seed,
     }
     identity = json.loads(json.dumps(identity, default=str))  # compare as it reads back from bench.json
-    return BenchPlan(identity=identity, cells=cells, output=Path(request.output))
+    return BenchPlan(identity=identity, cells=cells, output=Path(request.output), baseline_method=baseline)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = [k for k in _unique([*new, *old]) if old.get(k) != new.get(k)]
     return "; ".join(f"{k}: {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} now" for k in keys)
+
+
+def _read_manifest(path: Path, overwrite: bool) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if not overwrite:
+            raise UserError(f"{path} is unreadable ({exc}); pass --overwrite to start this bench again") from exc
+        return {}
 
 
 def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
@@ -270,14 +277,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
         raise UserError(f"--output {str(output)!r} exists and is not a directory")
     old = None
     if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if not request.overwrite:
-                raise UserError(
-                    f"{manifest_path} is unreadable ({exc}); pass --overwrite to start this bench again"
-                ) from exc
-            old = {}
+        old = _read_manifest(manifest_path, request.overwrite)
         if old.get("request") != bench_plan.identity and not request.overwrite:
             differences = _differences(old.get("request") or {}, bench_plan.identity)
             raise UserError(
@@ -293,7 +293,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
     ensure_writable_dir(output)
     if request.overwrite:
         for cell in bench_plan.cells:
-            (output / "cells" / cell.name / "result.json").unlink(missing_ok=True)
+            cell.rundir.result.unlink(missing_ok=True)
         for name in DERIVED_FILES:
             (output / name).unlink(missing_ok=True)
     if old is None or old.get("request") != bench_plan.identity or request.overwrite:
@@ -302,6 +302,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
             {
                 "schema_version": BENCH_SCHEMA_VERSION,
                 "request": bench_plan.identity,
+                "baseline_method": bench_plan.baseline_method,
                 "cells": [cell.to_dict() for cell in bench_plan.cells],
                 "command": " ".join(["dcbench", *sys.argv[1:]]),
                 "environment": {
@@ -313,13 +314,11 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
         )
 
 
-def _read_cell(cell: Cell, result_path: Path) -> dict[str, Any]:
+def _read_cell(cell: Cell) -> dict[str, Any]:
     """Read back a finished cell, checking it answers this cell's request."""
-    try:
-        record = json.loads(result_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{result_path} is unreadable ({exc}); delete it to recompute that cell") from exc
-    req = cell.request
+    record = cell.rundir.read_result()
+    if record is None:
+        raise UserError(f"{cell.rundir.result} is unreadable; delete it to recompute that cell")
     protocol = (record.get("evaluation") or {}).get("protocol") or {}
     found = {
         "method": (record.get("method") or {}).get("id"),
@@ -329,17 +328,18 @@ def _read_cell(cell: Cell, result_path: Path) -> dict[str, Any]:
         "num_models": protocol.get("num_models"),
         "epochs": protocol.get("epochs"),
     }
+    run = cell.run
     wanted = {
-        "method": req.method,
-        "dataset": req.dataset,
-        "ipc": req.ipc,
-        "models": sorted(req.eval_models or []),
-        "num_models": req.num_eval_models,
-        "epochs": req.eval_epochs,
+        "method": run.request.method,
+        "dataset": run.request.dataset,
+        "ipc": run.request.ipc,
+        "models": sorted(run.models),
+        "num_models": run.protocol.num_models,
+        "epochs": run.protocol.epochs,
     }
     if found != wanted:
         raise UserError(
-            f"{result_path} answers another request ({_differences(found, wanted)}); "
+            f"{cell.rundir.result} answers another request ({_differences(found, wanted)}); "
             "delete that cell directory, or pass --overwrite to recompute every cell"
         )
     return record
@@ -350,21 +350,19 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
     records: dict[str, dict[str, Any]] = {}
     total = len(bench_plan.cells)
     for index, cell in enumerate(bench_plan.cells, start=1):
-        cell_dir = bench_plan.output / "cells" / cell.name
-        result_path = cell_dir / "result.json"
-        if result_path.is_file():
-            print(f"[{index}/{total}] {cell.name}: done earlier, read back from {result_path}")
-            records[cell.name] = _read_cell(cell, result_path)
+        if cell.rundir.is_finished():
+            print(f"[{index}/{total}] {cell.name}: done earlier, read back from {cell.rundir.result}")
+            records[cell.name] = _read_cell(cell)
             continue
-        request = dataclasses.replace(cell.request, output=cell_dir)
-        if (cell_dir / runner.CHECKPOINT).is_file():
+        run = cell.run
+        if cell.rundir.has_checkpoint():
             state = "interrupted earlier, resuming from its checkpoint"
-            request = dataclasses.replace(request, overwrite=False, resume=True)
+            run = run.for_resume()
         else:
-            state = "interrupted earlier, computing again" if cell_dir.is_dir() else "computing"
+            state = "interrupted earlier, computing again" if cell.rundir.path.is_dir() else "computing"
         print(f"[{index}/{total}] {cell.name}: {state}")
         try:
-            records[cell.name] = runner.run(request)
+            records[cell.name] = runner.run(run)
         except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
             print(
                 f"\nbench stopped in cell {cell.name}; finished cells are kept, and the same command "

@@ -24,8 +24,8 @@ from dcbench_tesla.experts import (
     train_experts,
 )
 from dcbench_tesla.experts import training as training_module
+from dcbench_tesla.files import read_tensor_file
 from dcbench_tesla.models import build_model
-from dcbench_tesla.synthetic import read_safetensors
 
 FAST = {"epochs": 2, "batch_size": 256}
 
@@ -62,7 +62,7 @@ def test_training_writes_manifest_and_expert_files(store, digits):
         assert meta["index"] == i and 0.0 <= meta["test_accuracy"] <= 1.0 and isinstance(meta["seed"], int)
     assert not torch.equal(store.trajectory(0)[0], store.trajectory(1)[0])  # different initialisations
 
-    tensors, meta = read_safetensors(store.directory / MANIFEST, what="manifest")
+    tensors, meta = read_tensor_file(store.directory / MANIFEST, what="manifest")
     assert tensors == {}  # no ZCA tensors without ZCA
     assert meta["format"] == "dcbench-tesla/experts" and meta["format_version"] == 1
     assert meta["config"] == config_for_digits().to_dict()

@@ -8,7 +8,7 @@ from cli_checks import assert_user_error
 from click.testing import CliRunner
 
 from dcbench_tesla.cli import main
-from dcbench_tesla.runner import RESULT_SCHEMA
+from dcbench_tesla.run.rundir import RESULT_SCHEMA
 
 FAST = ["--num-eval", "2", "--eval-epochs", "3", "--no-progress"]
 
@@ -91,14 +91,14 @@ def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path)
             ["--method", "random", "--eval-models", "convnett"],
             ["unknown model 'convnett'", "Did you mean 'convnet'"],
         ),
-        (["--method", "random", "--ipc", "0"], ["--ipc must be at least 1"]),
-        (["--method", "random", "--ipc", "-3"], ["--ipc must be at least 1"]),
+        (["--method", "random", "--ipc", "0"], ["'--ipc'", "must be at least 1", "got 0"]),
+        (["--method", "random", "--ipc", "-3"], ["'--ipc'", "must be at least 1", "got -3"]),
         (["--method", "random", "--ipc", "100000"], ["--ipc must be between 1 and", "smallest class"]),
         (["--method", "random", "--set", "lr=1"], ["unknown option(s) 'lr'"]),
         (["--method", "random", "--set", "iterations"], ["KEY=VALUE"]),
         (["--method", "random", "--iterations", "x"], ["is not a valid integer"]),
-        (["--method", "random", "--num-eval", "0"], ["--num-eval must be at least 1"]),
-        (["--method", "random", "--threads", "0"], ["--threads must be at least 1"]),
+        (["--method", "random", "--num-eval", "0"], ["'--num-eval'", "must be at least 1"]),
+        (["--method", "random", "--threads", "0"], ["'--threads'", "must be at least 1"]),
         (["--method", "random", "--device", "cuda:0"], []),
         (["--method", "random", "--protocol", "papr"], ["unknown evaluation protocol 'papr'"]),
     ],
@@ -183,3 +183,19 @@ def test_eval_every_logs_accuracy_at_those_iterations(tmp_path):
     assert [s["iteration"] for s in steps if "eval_acc" in s] == [2, 4]
     assert all(0.0 <= s["eval_acc"] <= 1.0 for s in steps if "eval_acc" in s)
     assert_user_error(invoke(*args, "--eval-every", "-1", "--output", tmp_path / "x", *FAST), "--eval-every")
+
+
+def test_help_and_the_cli_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from dcbench_tesla.cli import main\n"
+        "for args in (['--help'], ['run', '--help'], ['bench', '--help'], ['profile', '--help']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout

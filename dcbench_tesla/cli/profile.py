@@ -1,47 +1,29 @@
-"""``dcbench profile`` and ``dcbench plot``: click commands of the profiler.
-
-The group in :mod:`dcbench_tesla.cli` adds them with ``main.add_command(profile_command)`` and
-``main.add_command(plot_command)``. Both commands turn a :class:`UserError` into one line on
-stderr and exit code 2 themselves, so they behave the same standalone and inside the group.
-"""
+"""``dcbench profile`` and ``dcbench plot``: peak memory and time per matching-step count, and its figures."""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from dcbench_tesla.cli.common import (
+    IPC,
+    MAX_SEED,
+    PATH,
+    SEED,
+    Bounded,
+    command,
+    device_option,
+    parse_list,
+    threads_option,
+)
 from dcbench_tesla.errors import UserError
 
 __all__ = ["parse_steps", "plot_command", "profile_command"]
-
-
-class _UsageError(click.ClickException):
-    exit_code = 2
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            raise _UsageError(str(exc)) from None
-
-    return wrapper
-
-
-def _names(value: str, what: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise UserError(f"--{what} needs a comma-separated list, got {value!r}")
-    return list(dict.fromkeys(items))
 
 
 def parse_steps(value: str) -> list[int]:
@@ -84,8 +66,8 @@ def _check_methods(methods: list[str]) -> None:
         fields = {f.name for f in dataclasses.fields(distiller_class(spec(method)).Config)}
         if not {"syn_steps", "batch_syn"} <= fields:
             raise UserError(
-                f"method {method!r} has no syn_steps/batch_syn options: the profiler sweeps "
-                "trajectory-matching methods (mtt, tesla, tesla-exact)"
+                f"method {method!r} has no syn_steps/batch_syn options: the profiler sweeps methods "
+                "whose cost grows with matching steps (see 'dcbench ls methods')"
             )
 
 
@@ -118,50 +100,58 @@ def _command_line(ctx: click.Context, values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda or cuda:N)") from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise UserError(f"--device must be cpu or cuda[:N], got {device!r}")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"--device {device}: CUDA is not available here (torch {torch.__version__}, built for CUDA "
-            f"{torch.version.cuda or 'none'}); use --device cpu"
-        )
+def default_output(datasets: list[str], device: str) -> Path:
+    """``profiles/<datasets>-<device>``."""
+    return Path("profiles") / f"{'_'.join(datasets)}-{device.replace(':', '')}"
 
 
-@click.command("profile")
+@command("profile")
 @click.option("--methods", default="mtt,tesla,tesla-exact", show_default=True, help="Comma-separated method ids.")
 @click.option("--dataset", default=None, help="Dataset whose shape, classes and model are used [cifar100].")
 @click.option("--datasets", default=None, help="Several datasets, comma-separated (instead of --dataset).")
 @click.option("--steps", default="1,10,20", show_default=True, help="Inner steps: 1,10,20 or ranges 10:100:10.")
-@click.option("--batch-syn", type=int, default=100, show_default=True, help="Synthetic images per inner step.")
-@click.option("--ipc", type=int, default=10, show_default=True, help="Synthetic images per class.")
-@click.option("--iterations", type=int, default=10, show_default=True, help="Measured outer iterations per point.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Unmeasured iterations before them.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N [cuda when present].")
-@click.option("--threads", type=int, default=None, help="Torch intra-op threads in the points [torch default].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random stand-ins and of reset.")
+@click.option(
+    "--batch-syn",
+    type=Bounded(int, 1, 100_000),
+    default=100,
+    show_default=True,
+    help="Synthetic images per inner step.",
+)
+@click.option("--ipc", type=IPC, default=10, show_default=True, help="Synthetic images per class.")
+@click.option(
+    "--iterations",
+    type=Bounded(int, 1, 10_000),
+    default=10,
+    show_default=True,
+    help="Measured outer iterations per point.",
+)
+@click.option(
+    "--warmup", type=Bounded(int, 0, 10_000), default=2, show_default=True, help="Unmeasured iterations before them."
+)
+@device_option
+@threads_option
+@click.option(
+    "--seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help=f"Seed of the random stand-ins and of reset (0..{MAX_SEED}).",
+)
 @click.option(
     "--table-steps",
-    type=int,
+    type=Bounded(int, 1, 100_000),
     default=None,
     help="Steps of Table 5 / Figure 3 [50 if swept, else the largest].",
 )
-@click.option("--timeout", "timeout_s", type=float, default=None, help="Per-point time limit, seconds.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=Bounded(float, 0.0, 1e7, open_low=True),
+    default=None,
+    help="Per-point time limit, seconds.",
+)
+@click.option("--output", type=PATH, default=None, help="Output directory [profiles/<datasets>-<device>].")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --output.")
-@_user_errors
 def profile_command(**kw: Any) -> None:
     """Sweep methods x dataset shapes x inner steps; write CSV, Markdown tables and figures.
 
@@ -169,28 +159,23 @@ def profile_command(**kw: Any) -> None:
     shape (memory and time do not depend on pixel values), so no dataset files or trained experts
     are needed.
     """
-    from dcbench_tesla.data import DATASETS
+    from dcbench_tesla.checks import resolve_device
+    from dcbench_tesla.data import dataset_spec
     from dcbench_tesla.profiling.standins import RANDOM_STANDIN_NOTE
     from dcbench_tesla.profiling.sweep import plan_points, run_sweep
 
-    methods = _names(kw["methods"], "methods")
+    methods = parse_list(kw["methods"], "--methods")
     if kw["dataset"] and kw["datasets"]:
         raise UserError("give --dataset or --datasets, not both")
-    datasets = _names(kw["datasets"] or kw["dataset"] or "cifar100", "datasets")
+    datasets = parse_list(kw["datasets"] or kw["dataset"] or "cifar100", "--datasets")
     _check_methods(methods)
-    specs = [DATASETS.get(name) for name in datasets]  # unknown names: UserError with suggestions
+    specs = [dataset_spec(name) for name in datasets]  # unknown names: UserError with suggestions
     steps = parse_steps(kw["steps"])
-    for name, value, low in (
-        ("batch-syn", kw["batch_syn"], 1),
-        ("ipc", kw["ipc"], 1),
-        ("iterations", kw["iterations"], 1),
-    ):
-        if value < low:
-            raise UserError(f"--{name} must be at least {low}, got {value}")
-    if kw["warmup"] < 0:
-        raise UserError(f"--warmup must be 0 or more, got {kw['warmup']}")
-    if kw["threads"] is not None and kw["threads"] < 1:
-        raise UserError(f"--threads must be at least 1, got {kw['threads']}")
+    for spec in specs:
+        if not spec.fixed_shape:
+            raise UserError(
+                f"dataset {spec.name!r} has no fixed image shape; the profiler needs one (see 'dcbench ls datasets')"
+            )
     for spec in specs:
         images = spec.num_classes * kw["ipc"]
         if kw["batch_syn"] > images:
@@ -198,9 +183,8 @@ def profile_command(**kw: Any) -> None:
                 f"--batch-syn {kw['batch_syn']} is larger than the synthetic set of {spec.name} "
                 f"({spec.num_classes} classes x ipc {kw['ipc']} = {images} images); lower it or raise --ipc"
             )
-    device = kw["device"] or _default_device()
-    _check_device(device)
-    output: Path = kw["output"]
+    device = str(resolve_device(kw["device"]))
+    output: Path = kw["output"] or default_output(datasets, device)
     _check_output(output, kw["overwrite"])
 
     points = plan_points(
@@ -245,28 +229,27 @@ def profile_command(**kw: Any) -> None:
     click.echo(f"done: {counts}; see {output / 'profile.md'}")
 
 
-@click.command("plot")
-@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@command("plot")
+@click.argument("directory", required=False, type=PATH)
 @click.option(
     "--csv",
     "csv_path",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=None,
     help="A profile CSV [DIRECTORY/profile.csv].",
 )
 @click.option(
     "--output",
-    type=click.Path(path_type=Path),
+    type=PATH,
     default=None,
     help="Where to write [DIRECTORY, or next to --csv].",
 )
 @click.option(
     "--table-steps",
-    type=int,
+    type=Bounded(int, 1, 100_000),
     default=None,
     help="Steps of Table 5 / Figure 3 [50 if swept, else the largest].",
 )
-@_user_errors
 def plot_command(directory: Path | None, csv_path: Path | None, output: Path | None, table_steps: int | None) -> None:
     """Redraw the figures and Markdown tables of a profile from its CSV."""
     import json

@@ -4,8 +4,9 @@ Everything here is read back from ``bench.json`` and the cells' ``result.json`` 
 the tables can be rebuilt at any time from a (possibly unfinished) bench directory.
 
 - ``results.csv``: one row per method x dataset x IPC x evaluation model.
-- ``table1.md`` / ``table1.csv``: rows dataset x IPC, columns "random", the methods and
-  "whole dataset"; cells "mean ± std" (%) on the first evaluation model.
+- ``table1.md`` / ``table1.csv``: rows dataset x IPC, columns the baseline method (the random
+  real subset), the methods and "whole dataset"; cells "mean ± std" (%) on the first evaluation
+  model.
 - ``table2.md`` / ``table2.csv`` (more than one evaluation model): rows method at one IPC,
   columns evaluation architectures.
 """
@@ -21,9 +22,9 @@ import pandas as pd
 
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.files import write_text_atomic
+from dcbench_tesla.run.rundir import RunDir
 
 WHOLE_DATASET = "whole-dataset"
-RANDOM = "random"
 DERIVED_FILES = ("results.csv", "table1.md", "table1.csv", "table2.md", "table2.csv")
 MISSING = "–"
 
@@ -47,17 +48,13 @@ RESULT_COLUMNS = [
 ]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
 def read_manifest(bench_dir: Path | str) -> dict[str, Any]:
     """The bench's ``bench.json`` (its request and cells)."""
-    manifest = _read_json(Path(bench_dir) / "bench.json")
-    if manifest is None:
+    try:
+        manifest = json.loads((Path(bench_dir) / "bench.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
         raise UserError(f"{bench_dir} has no readable bench.json: it is not a bench directory")
     return manifest
 
@@ -67,10 +64,19 @@ def read_records(bench_dir: Path | str) -> dict[str, dict[str, Any]]:
     bench_dir = Path(bench_dir)
     records = {}
     for cell in read_manifest(bench_dir)["cells"]:
-        record = _read_json(bench_dir / cell["dir"] / "result.json")
+        record = RunDir(bench_dir / cell["dir"]).read_result()
         if record is not None:
             records[cell["name"]] = record
     return records
+
+
+def baseline_of(manifest: dict[str, Any]) -> str:
+    """The id of the bench's baseline method (recorded in ``bench.json``; else the registry's)."""
+    if manifest.get("baseline_method"):
+        return str(manifest["baseline_method"])
+    from dcbench_tesla.method import baseline_method
+
+    return baseline_method()
 
 
 def _pct(value: float | None) -> float:
@@ -157,25 +163,28 @@ def provenance_lines(records: dict[str, dict[str, Any]], manifest: dict[str, Any
 def _table1(frame: pd.DataFrame, manifest: dict[str, Any], markdown: bool) -> tuple[pd.DataFrame, list[str]]:
     """Table 1 layout on the first evaluation model, and its footnotes.
 
-    The "random" column is the ``random`` method's cell when the bench has one, else the
-    random real subset evaluated beside the first method that has a baseline.
+    The baseline column is the baseline method's cell when the bench has one, else the random
+    real subset evaluated beside the first method that has a baseline.
     """
     request = manifest["request"]
+    baseline = baseline_of(manifest)
     on_model = frame[frame["eval_model"] == request["eval_models"][0]]
-    methods = [m for m in request["methods"] if m != RANDOM]
+    methods = [m for m in request["methods"] if m != baseline]
     notes: list[str] = []
     rows = []
     for ipc in request["ipcs"]:
         row: dict[str, str] = {"Dataset": request["dataset"], "IPC": str(ipc)}
         at_ipc = on_model[on_model["ipc"] == ipc]
-        if RANDOM in request["methods"]:
-            row[RANDOM] = _entry(at_ipc[at_ipc["method"] == RANDOM], markdown)
+        if baseline in request["methods"]:
+            row[baseline] = _entry(at_ipc[at_ipc["method"] == baseline], markdown)
         else:
             with_base = at_ipc.dropna(subset=["baseline_mean_pct"])
             beside = next((m for m in methods if m in set(with_base["method"])), None)
-            row[RANDOM] = _entry(with_base[with_base["method"] == beside], markdown, baseline=True)
+            row[baseline] = _entry(with_base[with_base["method"] == beside], markdown, baseline=True)
             if beside is not None:
-                notes.append(f"random at IPC {ipc}: the real subset evaluated beside {beside} (its protocol and lr)")
+                notes.append(
+                    f"{baseline} at IPC {ipc}: the real subset evaluated beside {beside} (its protocol and lr)"
+                )
         for method in methods:
             row[method] = _entry(at_ipc[at_ipc["method"] == method], markdown)
         if request.get("whole_dataset"):
@@ -190,7 +199,8 @@ def _reference_table(frame: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFr
     on_model = frame[frame["eval_model"] == request["eval_models"][0]]
     if on_model["reference_pct"].isna().all():
         return None
-    columns = [m for m in request["methods"] if m == RANDOM] + [m for m in request["methods"] if m != RANDOM]
+    baseline = baseline_of(manifest)
+    columns = [m for m in request["methods"] if m == baseline] + [m for m in request["methods"] if m != baseline]
     rows = []
     for ipc in request["ipcs"]:
         row = {"Dataset": request["dataset"], "IPC": str(ipc)}

@@ -12,12 +12,15 @@ import pytest
 from cli_checks import assert_user_error
 from click.testing import CliRunner
 
-from dcbench_tesla import runner
-from dcbench_tesla.bench import BenchRequest, plan, run_bench
-from dcbench_tesla.bench_cli import bench, load_preset, preset_names, request_from_flags
+from dcbench_tesla.cli.bench import bench_command as bench
+from dcbench_tesla.cli.bench import request_from_flags
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.method import METHODS, MethodSpec, register_method
 from dcbench_tesla.models import MODELS
+from dcbench_tesla.run import runner
+from dcbench_tesla.run.bench import BenchRequest, plan, run_bench
+from dcbench_tesla.run.presets import load_preset, preset_names
+from dcbench_tesla.run.rundir import RunDir
 
 STUB = "bench-stub"  # random real images under another id, so the runner evaluates a baseline beside it
 TINY = {"num_eval_models": 1, "eval_epochs": 2, "progress": False, "threads": 1}
@@ -103,7 +106,7 @@ def test_table2_rows_are_method_ipc_and_columns_architectures(finished_bench):
 
 def test_rerun_reads_every_finished_cell_back(finished_bench, monkeypatch):
     out, frame = finished_bench
-    monkeypatch.setattr(runner, "run", lambda request: pytest.fail(f"recomputed {request.output}"))
+    monkeypatch.setattr(runner, "run", lambda run: pytest.fail(f"recomputed {run.rundir}"))
     again = run_bench(["random", STUB], "digits", [1, 2], ["convnet", "convnet4"], out, whole_dataset=True, **TINY)
     pd.testing.assert_frame_equal(again, frame)
 
@@ -113,9 +116,9 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
     real_run, real_evaluate = runner.run, runner.evaluate_images
     computed = []
 
-    def counting_run(request):
-        computed.append(request.output.name)
-        return real_run(request)
+    def counting_run(run):
+        computed.append(run.rundir.path.name)
+        return real_run(run)
 
     def evaluate_then_die(*args, **kwargs):
         if len(computed) == 2:  # the second cell is killed after distilling, mid-evaluation
@@ -148,14 +151,14 @@ def test_an_interrupted_cell_with_a_checkpoint_is_resumed_not_restarted(tmp_path
     run_bench([STUB], "digits", [1], None, out, **TINY)
     cell = out / "cells" / f"{STUB}-ipc1"
     (cell / "result.json").unlink()  # as if killed after its last checkpoint
-    (cell / runner.CHECKPOINT).write_bytes(b"placeholder: only its presence matters here")
+    (cell / RunDir.CHECKPOINT).write_bytes(b"placeholder: only its presence matters here")
     seen = []
 
     class Stop(Exception):
         """Raised by the fake run once it has recorded its request."""
 
-    def fake_run(request):
-        seen.append((request.resume, request.overwrite))
+    def fake_run(run):
+        seen.append((run.request.resume, run.request.overwrite))
         raise Stop
 
     monkeypatch.setattr(runner, "run", fake_run)
@@ -166,8 +169,8 @@ def test_an_interrupted_cell_with_a_checkpoint_is_resumed_not_restarted(tmp_path
 
 KILLABLE = """
 import sys
-from dcbench_tesla.bench_cli import bench
-bench(sys.argv[1:], prog_name="dcbench bench")
+from dcbench_tesla.cli.bench import bench_command
+bench_command(sys.argv[1:], prog_name="dcbench bench")
 """
 
 
@@ -258,7 +261,7 @@ def test_options_go_to_the_methods_that_have_them():
             exclude=["random-ipc10"],
         )
     )
-    cells = {c.name: c.request for c in bench_plan.cells}
+    cells = {c.name: c.run.request for c in bench_plan.cells}
     assert sorted(cells) == ["mtt-ipc1", "mtt-ipc10", "random-ipc1"]
     assert cells["random-ipc1"].options == {} and cells["random-ipc1"].iterations is None  # random never optimises
     assert cells["mtt-ipc10"].options == {"lr_img": "5", "syn_steps": "3"} and cells["mtt-ipc10"].iterations == 7

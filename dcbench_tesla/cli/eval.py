@@ -1,0 +1,48 @@
+"""``dcbench eval``: evaluate a saved synthetic-set file with the protocol its metadata implies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dcbench_tesla.cli.common import (
+    MAX_SEED,
+    PATH,
+    SEED,
+    command,
+    data_root_option,
+    device_option,
+    eval_lr_option,
+    evaluation_options,
+    parse_list,
+    threads_option,
+)
+
+
+@command("eval")
+@click.argument("file", type=PATH)
+@evaluation_options
+@eval_lr_option
+@click.option("--seed", type=SEED, default=0, show_default=True, help=f"Seed of the evaluation models (0..{MAX_SEED}).")
+@data_root_option
+@click.option("--output", type=PATH, default=None, help="Write the evaluation JSON here (never overwritten).")
+@device_option
+@threads_option
+def eval_command(**kw: Any) -> None:
+    """Evaluate a saved synthetic-set FILE with the protocol its metadata implies."""
+    from dcbench_tesla.run.evaluate_file import evaluate_file
+
+    evaluate_file(
+        kw["file"],
+        models=parse_list(kw["eval_models"], "--eval-models"),
+        protocol=kw["protocol"],
+        num_models=kw["num_eval"],
+        epochs=kw["eval_epochs"],
+        lr=kw["eval_lr"],
+        seed=kw["seed"],
+        data_root=kw["data_root"],
+        output=kw["output"],
+        device=kw["device"],
+        threads=kw["threads"],
+    )

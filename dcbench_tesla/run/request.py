@@ -1,0 +1,198 @@
+"""A run request and its resolution: every input validated once, before any work or file.
+
+``resolve(request)`` looks up the method spec, merges the option layers (defaults < config card
+< ``--config`` file < flags) and builds them into the method's typed options, picks the ZCA
+setting, the dataset, the evaluation protocol and architectures, the device and the run
+directory. ``dcbench run`` and every cell of ``dcbench bench`` go through it; nothing downstream
+validates a request again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dcbench_tesla.config import build_options, read_config_file
+from dcbench_tesla.data import DEFAULT_DATASET, DatasetSpec, dataset_spec
+from dcbench_tesla.errors import UserError
+from dcbench_tesla.method import ConfigCard, MethodSpec, distiller_class, spec
+from dcbench_tesla.run.rundir import RunDir
+
+
+@dataclass
+class RunRequest:
+    """Everything ``dcbench run`` asks for. None means "use the default"."""
+
+    method: str
+    dataset: str = DEFAULT_DATASET
+    ipc: int = 10
+    seed: int = 0
+    output: Path | None = None
+    overwrite: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None
+    iterations: int | None = None
+    zca: bool | None = None
+    data_root: Path | None = None
+    image_size: int | None = None
+    eval_models: list[str] | None = None
+    protocol: str | None = None
+    num_eval_models: int | None = None
+    eval_epochs: int | None = None
+    eval_lr: float | None = None
+    baseline: bool = True
+    whole_dataset: bool = False
+    device: str | None = None
+    threads: int | None = None
+    progress: bool = True
+    cache_dir: Path | None = None
+    checkpoint_every: int = 100
+    resume: bool = False
+    eval_every: int = 0
+
+    def default_output(self) -> Path:
+        """``runs/<method>-<dataset>-ipc<ipc>-seed<seed>``."""
+        return Path("runs") / f"{self.method}-{self.dataset}-ipc{self.ipc}-seed{self.seed}"
+
+
+@dataclass
+class ResolvedRun:
+    """A validated :class:`RunRequest` with everything it resolved to.
+
+    Attributes:
+        request: The request as given.
+        spec: The method's spec.
+        overrides: The merged option overrides (what ``make`` receives).
+        options: The method's built, typed options.
+        layers: Each option layer and where it came from (written to ``config.json``).
+        card: The config card used, if any.
+        zca: Whether the data is ZCA-whitened.
+        dataset: The dataset's registry entry.
+        protocol: The evaluation protocol.
+        models: Evaluation architectures (the first one also monitors ``--eval-every``).
+        device: The torch device.
+        rundir: The run directory.
+    """
+
+    request: RunRequest
+    spec: MethodSpec
+    overrides: dict[str, Any]
+    options: Any
+    layers: dict[str, Any]
+    card: ConfigCard | None
+    zca: bool
+    dataset: DatasetSpec
+    protocol: Any
+    models: list[str]
+    device: Any
+    rundir: RunDir
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run that wrote the checkpoint."""
+        r = self.request
+        options = dataclasses.asdict(self.options)
+        return {"method": r.method, "dataset": r.dataset, "ipc": r.ipc, "seed": r.seed, "options": options}
+
+    def config_record(self, threads: int) -> dict[str, Any]:
+        """The ``config.json`` of the run."""
+        r = self.request
+        return {
+            "method": r.method,
+            "dataset": r.dataset,
+            "ipc": r.ipc,
+            "seed": r.seed,
+            "zca": self.zca,
+            "options": dataclasses.asdict(self.options),
+            "layers": self.layers,
+            "evaluation": {"protocol": dataclasses.asdict(self.protocol), "models": self.models},
+            "device": str(self.device),
+            "threads": threads,
+        }
+
+    def for_resume(self) -> ResolvedRun:
+        """The same run, resuming from the checkpoint of its run directory."""
+        return dataclasses.replace(self, request=dataclasses.replace(self.request, resume=True, overwrite=False))
+
+    def load_dataset(self) -> Any:
+        """Load and preprocess the dataset (the expensive part, done once the request is valid)."""
+        from dcbench_tesla.data import load_dataset
+
+        r = self.request
+        return load_dataset(r.dataset, r.data_root, zca=self.zca, cache_dir=r.cache_dir, image_size=r.image_size)
+
+
+def option_layers(request: RunRequest, method_spec: MethodSpec) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """Merge option layers (defaults < card < config file < flags).
+
+    Returns:
+        The merged option overrides, a description of the layers, and whether to use ZCA.
+    """
+    card = method_spec.card_for(request.dataset, request.ipc)
+    file_options = read_config_file(request.config_file) if request.config_file else {}
+    flag_options = dict(request.options)
+    if request.iterations is not None:
+        flag_options["iterations"] = request.iterations
+    merged = {**method_spec.kwargs, **(card.options if card else {}), **file_options, **flag_options}
+    zca = request.zca if request.zca is not None else bool(card.zca) if card and card.zca is not None else False
+    layers = {
+        "spec_defaults": method_spec.kwargs,
+        "config_card": {"options": card.options, "zca": card.zca, "source": card.source} if card else None,
+        "config_file": {"path": str(request.config_file), "options": file_options} if request.config_file else None,
+        "flags": flag_options,
+    }
+    return merged, layers, zca
+
+
+def _check_counts(request: RunRequest) -> None:
+    if request.ipc < 1:
+        raise UserError(f"--ipc must be at least 1, got {request.ipc}")
+    if request.eval_every < 0:
+        raise UserError("--eval-every must be 0 (off) or a positive number of iterations")
+    if request.checkpoint_every < 0:
+        raise UserError("--checkpoint-every must be 0 (only on interrupt) or a positive number of iterations")
+    if request.iterations is not None and request.iterations < 0:
+        raise UserError(f"--iterations must be at least 0, got {request.iterations}")
+
+
+def resolve(request: RunRequest) -> ResolvedRun:
+    """Validate ``request`` and resolve everything it implies; touches no file.
+
+    Raises:
+        UserError: any invalid input, with what to do instead.
+    """
+    from dcbench_tesla.checks import MAX_THREADS, resolve_device
+    from dcbench_tesla.evaluation import evaluation_lr, protocol_for
+    from dcbench_tesla.models import MODELS
+
+    if request.threads is not None and not 1 <= request.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {request.threads}")
+    device = resolve_device(request.device)
+    method_spec = spec(request.method)
+    data = dataset_spec(request.dataset)
+    _check_counts(request)
+    overrides, layers, zca = option_layers(request, method_spec)
+    options = build_options(distiller_class(method_spec).Config, overrides, owner=f"method {request.method!r}")
+    protocol = protocol_for(request.dataset, request.protocol, request.num_eval_models, request.eval_epochs)
+    models = list(dict.fromkeys(request.eval_models or [data.default_model]))
+    for model in models:
+        MODELS.get(model)
+    if request.eval_lr is not None:
+        evaluation_lr(None, "learned", request.eval_lr, protocol)
+    rundir = RunDir(request.output or request.default_output())
+    rundir.check_usable(request.overwrite, request.resume)
+    return ResolvedRun(
+        request=request,
+        spec=method_spec,
+        overrides=overrides,
+        options=options,
+        layers=layers,
+        card=method_spec.card_for(request.dataset, request.ipc),
+        zca=zca,
+        dataset=data,
+        protocol=protocol,
+        models=models,
+        device=device,
+        rundir=rundir,
+    )
