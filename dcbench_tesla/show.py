@@ -105,22 +105,41 @@ def _pick_rows(
     return classes, indices, cols
 
 
+#: How pixels are mapped to the displayed [0, 1]: ``sigma`` (the papers' view: each channel's
+#: mean +- 2.5 standard deviations over the set stretched to [0, 1], so images pushed beyond the
+#: pixel range keep their detail) or ``raw`` (the pixel values clipped to [0, 1]).
+VIEWS = ("sigma", "raw")
+SIGMA_CLIP = 2.5
+
+
+def display_pixels(pixels: np.ndarray, view: str) -> np.ndarray:
+    """Map de-normalised pixels (N, C, H, W) to the displayed [0, 1] (see :data:`VIEWS`)."""
+    if view == "raw":
+        return np.clip(pixels, 0.0, 1.0)
+    mean = pixels.mean(axis=(0, 2, 3), keepdims=True)
+    std = pixels.std(axis=(0, 2, 3), keepdims=True)
+    low, high = mean - SIGMA_CLIP * std, mean + SIGMA_CLIP * std
+    return np.clip((pixels - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
+
+
 def image_grid(
-    syn: SyntheticSet, path: Path | str, max_per_class: int = 10, max_classes: int | None = None
+    syn: SyntheticSet, path: Path | str, max_per_class: int = 10, max_classes: int | None = None, view: str = "sigma"
 ) -> GridLayout:
     """Write a PNG grid of the synthetic images: one row per class.
 
-    Each row is labelled with its class name; images are mapped back to [0, 1] with
-    ``syn.preprocessing.invert`` (undoing mean/std or ZCA), shown in grey for 1-channel
-    sets and enlarged without interpolation. With soft labels an image sits in the row of
-    its most probable class and that probability is printed under it. Grids taller than
-    the renderer allows show the first classes only (the subtitle says so).
+    Each row is labelled with its class name; images are mapped back to pixels with
+    ``syn.preprocessing.invert`` (undoing mean/std or ZCA), shown with ``view`` (see
+    :data:`VIEWS`), in grey for 1-channel sets, and enlarged without interpolation. With soft
+    labels an image sits in the row of its most probable class and that probability is printed
+    under it. Grids taller than the renderer allows show the first classes only (the subtitle
+    says so).
 
     Args:
         syn: The synthetic set.
         path: Where to write the PNG (atomically).
         max_per_class: Images shown per class (the first ones of each class).
         max_classes: Classes shown (the first ones), or None for all.
+        view: ``"sigma"`` (mean +- 2.5 std per channel, the papers' view) or ``"raw"`` ([0, 1] clip).
 
     Returns:
         The layout of the written PNG.
@@ -132,6 +151,8 @@ def image_grid(
         raise UserError(f"--max-per-class must be at least 1, got {max_per_class}")
     if max_classes is not None and max_classes < 1:
         raise UserError(f"--max-classes must be at least 1, got {max_classes}")
+    if view not in VIEWS:
+        raise UserError(f"--view must be one of {', '.join(VIEWS)}, got {view!r}")
     path = Path(path)
     n, channels, h, w = syn.images.shape
     scale = max(1, round(CELL_TARGET_PX / max(h, w)))
@@ -151,12 +172,14 @@ def image_grid(
     shown = f"{sum(len(r) for r in indices)} of {n} images"
     if rows < syn.num_classes:
         shown += f", first {rows} of {syn.num_classes} classes"
-    subtitle = f"{shown} · {syn.label_kind} labels · {syn.preprocessing.kind} inverted to [0, 1]"
+    undone = "ZCA whitening undone" if syn.preprocessing.kind == "zca" else "mean/std normalisation undone"
+    shown_as = f"mean ± {SIGMA_CLIP:g} std per channel" if view == "sigma" else "pixels clipped to [0, 1]"
+    subtitle = f"{shown} · {syn.label_kind} labels · {undone}; {shown_as}"
     grid_w, grid_h = cols * pitch_x - GAP_PX, rows * pitch_y - GAP_PX
     width = max(MARGIN_PX + label_px + grid_w + MARGIN_PX, 7 * max(len(title), len(subtitle)) + 2 * MARGIN_PX)
     height = TITLE_PX + grid_h + MARGIN_PX
 
-    pixels = syn.preprocessing.invert(syn.images.detach().cpu().float()).numpy()  # (N, C, H, W) in [0, 1]
+    pixels = display_pixels(syn.preprocessing.invert(syn.images.detach().cpu().float(), clamp=False).numpy(), view)
     grey = channels == 1
     mosaic = np.ones((grid_h, grid_w) if grey else (grid_h, grid_w, 3), dtype=np.float32)
     for r, row in enumerate(indices):
@@ -301,19 +324,27 @@ def _log_if_wide(ax: Any, ys: np.ndarray) -> None:
         ax.set_yscale("log")
 
 
+def running_mean(ys: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the last ``window`` values at each point (fewer at the start)."""
+    sums = np.cumsum(np.insert(ys, 0, 0.0))
+    counts = np.minimum(np.arange(1, ys.size + 1), window)
+    return (sums[1:] - sums[np.maximum(np.arange(1, ys.size + 1) - window, 0)]) / counts
+
+
 def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
     """Plot a run's matching loss, step size ``syn_lr`` and evaluation accuracies per iteration.
 
-    One panel per quantity logged in ``metrics.jsonl`` (absent ones are skipped); a run
-    with no distillation steps (the random method) gets one panel saying there is
-    nothing to plot.
+    One panel per quantity logged in ``metrics.jsonl`` (absent ones are skipped); the loss is
+    drawn raw (thin) with its running mean over about a twentieth of the run (thick). The title
+    gives the distillation time (set-up such as expert training is not in the log's clock). A run
+    with no distillation steps (the random baseline) gets no figure: nothing is written.
 
     Args:
         run_dir: The run directory (holding ``metrics.jsonl``).
         path: Where to write the PNG (atomically).
 
     Returns:
-        The keys plotted (empty when there was nothing to plot).
+        The keys plotted (empty when there was nothing to plot and no file was written).
 
     Raises:
         UserError: ``metrics.jsonl`` is missing or not a metrics log.
@@ -332,22 +363,14 @@ def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
     if acc_keys:
         panels.append(("evaluation", "test accuracy (%)", acc_keys))
 
-    title = _run_title(run_dir)
-    if steps:
-        elapsed = _number(steps[-1].get("elapsed_s"))
-        title += f"\n{len(steps)} iterations" + (f" in {elapsed:.1f} s" if elapsed is not None else "")
-    n_panels = max(len(panels), 1)
-    fig = _new_figure(760, 90 + 230 * n_panels)
-    axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
-    fig.suptitle(title, fontsize=10)
     if not panels:
-        ax = axes[0]
-        ax.set_axis_off()
-        why = "no distillation steps were logged" if not steps else "no loss, syn_lr or accuracy was logged"
-        method = "" if steps else "\n(the random baseline, or a run stopped before its first iteration)"
-        ax.text(0.5, 0.5, f"Nothing to plot: {why}.{method}", ha="center", va="center", fontsize=11, wrap=True)
-        _save_png(fig, Path(path))
         return []
+    title = _run_title(run_dir)
+    elapsed = _number(steps[-1].get("elapsed_s")) if steps else None
+    title += f"\n{len(steps)} iterations" + (f" in {elapsed:.1f} s of distillation" if elapsed is not None else "")
+    fig = _new_figure(760, 90 + 230 * len(panels))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle(title, fontsize=10)
 
     plotted: list[str] = []
     for ax, (panel_title, ylabel, keys) in zip(axes, panels, strict=True):
@@ -357,7 +380,13 @@ def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
             if panel_title == "evaluation" and ys.size and np.nanmax(np.abs(ys)) <= 1.0:
                 ys = ys * 100.0  # fractions to percent
             marker = "o" if xs.size <= 50 or panel_title == "evaluation" else None
-            ax.plot(xs, ys, marker=marker, markersize=3, linewidth=1.2, label=key)
+            if key == "loss" and xs.size > 20:
+                ax.plot(xs, ys, linewidth=0.6, alpha=0.45, color="C0", label="loss (each iteration)")
+                window = max(2, xs.size // 20)
+                ax.plot(xs, running_mean(ys, window), linewidth=1.8, color="C0", label=f"running mean of {window}")
+                ax.legend(fontsize=8)
+            else:
+                ax.plot(xs, ys, marker=marker, markersize=3, linewidth=1.2, label=key)
             plotted.append(key)
             if panel_title != "evaluation":
                 _log_if_wide(ax, ys)
@@ -395,9 +424,18 @@ def _resolve_outputs(source: Path, output: Path | None, is_run: bool) -> dict[st
 
 
 def show(
-    target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool, echo: Any = print
+    target: Path,
+    output: Path | None,
+    max_per_class: int,
+    max_classes: int | None,
+    view: str = "sigma",
+    echo: Any = print,
 ) -> None:
-    """Draw a synthetic set as an image grid; for a run directory, also its learning curves."""
+    """Draw a synthetic set as an image grid; for a run directory, also its learning curves.
+
+    The figures are (re)drawn every time: they are derived from the run's files, which are never
+    touched.
+    """
     if not target.exists():
         raise UserError(f"{str(target)!r} does not exist; give a synthetic-set file or a run directory")
     is_run = target.is_dir()
@@ -413,18 +451,18 @@ def show(
             )
     set_file = target / RUN_SET_NAME if is_run else target
     outputs = _resolve_outputs(target, output, is_run)
-    existing = [str(p) for p in outputs.values() if p.exists()]
-    if existing and not overwrite:
-        raise UserError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     for p in outputs.values():
         if p.is_dir():
             raise UserError(f"{str(p)!r} is a directory; cannot write a PNG there")
     syn = SyntheticSet.load(set_file)
     if is_run:
         read_metrics(target / RUN_METRICS_NAME)  # fail on a bad log before writing anything
-    layout = image_grid(syn, outputs["images"], max_per_class=max_per_class, max_classes=max_classes)
-    echo(f"images: {layout.path}  ({len(layout.classes)} classes x up to {max_per_class} images)")
+    layout = image_grid(syn, outputs["images"], max_per_class=max_per_class, max_classes=max_classes, view=view)
+    count = sum(len(row) for row in layout.indices)
+    echo(f"images: {layout.path}  ({count} images of {len(layout.classes)} classes)")
     if is_run:
         plotted = learning_curves(target, outputs["curves"])
-        what = ", ".join(plotted) if plotted else "nothing to plot (no distillation steps)"
-        echo(f"curves: {outputs['curves']}  ({what})")
+        if plotted:
+            echo(f"curves: {outputs['curves']}  ({', '.join(plotted)})")
+        else:
+            echo("curves: none (the run logged no distillation steps: nothing to plot)")

@@ -117,7 +117,9 @@ class MetricsLog(Wrapper):
     """Appends every info dict, with the iteration and elapsed seconds, as a JSON line to ``path``.
 
     ``reset`` starts a fresh log unless ``fresh=False`` (a resumed run); then the first step trims
-    the log to the iteration the episode resumed from, so redone iterations are logged once.
+    the log to the iteration the episode resumed from, so redone iterations are logged once, and
+    ``elapsed_s`` continues from the last kept line. The clock starts after ``reset``: set-up
+    (expert training and the like) is not distillation time.
     """
 
     def __init__(self, env: Distiller, path: Path | str, fresh: bool = True) -> None:  # noqa: D107
@@ -128,10 +130,12 @@ class MetricsLog(Wrapper):
         self._start = time.perf_counter()
 
     def keep_until(self, iteration: int) -> None:
-        """Drop logged steps after ``iteration`` (they are redone after a resume)."""
+        """Drop logged steps after ``iteration`` (they are redone after a resume); the clock goes on from there."""
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
         kept = [line for line in lines if _logged_iteration(line) <= iteration]
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        elapsed = max((_logged(line, "elapsed_s") for line in kept), default=0.0)
+        self._start = time.perf_counter() - elapsed
 
     def _write(self, event: str, info: dict[str, Any]) -> dict[str, Any]:
         extra = {"iteration": self.iteration, "elapsed_s": round(time.perf_counter() - self._start, 4)}
@@ -247,11 +251,15 @@ class ProgressBar(Wrapper):
         self.env.close()
 
 
-def _logged_iteration(line: str) -> int:
+def _logged(line: str, key: str) -> float:
     try:
-        return int(json.loads(line).get("iteration", 0))
+        return float(json.loads(line).get(key, 0))
     except (ValueError, AttributeError, TypeError):
-        return 0
+        return 0.0
+
+
+def _logged_iteration(line: str) -> int:
+    return int(_logged(line, "iteration"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,6 +16,7 @@ from dcbench_tesla.cli.common import (
     eval_lr_option,
     evaluation_options,
     parse_list,
+    progress_option,
     threads_option,
 )
 
@@ -24,11 +25,18 @@ from dcbench_tesla.cli.common import (
 @click.argument("file", type=PATH)
 @evaluation_options
 @eval_lr_option
-@click.option("--seed", type=SEED, default=0, show_default=True, help=f"Seed of the evaluation models (0..{MAX_SEED}).")
+@click.option(
+    "--seed", type=SEED, default=0, show_default=True, help=f"Seed of the models and the baseline draw (0..{MAX_SEED})."
+)
 @data_root_option
-@click.option("--output", type=PATH, default=None, help="Write the evaluation JSON here (never overwritten).")
+@click.option(
+    "--output", type=PATH, default=None, help="Evaluation JSON [next to FILE: <stem>.eval-<protocol>-seed<S>.json]."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--no-baseline", is_flag=True, help="Skip the random real subset evaluated beside the set.")
 @device_option
 @threads_option
+@progress_option
 def eval_command(**kw: Any) -> None:
     """Evaluate a saved synthetic-set FILE with the protocol its metadata implies."""
     from dcbench_tesla.run.evaluate_file import evaluate_file
@@ -45,4 +53,7 @@ def eval_command(**kw: Any) -> None:
         output=kw["output"],
         device=kw["device"],
         threads=kw["threads"],
+        baseline=not kw["no_baseline"],
+        overwrite=kw["overwrite"],
+        progress=not kw["no_progress"],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -9,7 +10,13 @@ import click
 
 from dcbench_tesla.cli.common import command
 
-KINDS = ("methods", "datasets", "models", "engines", "protocols")
+KINDS = ("methods", "datasets", "models", "engines", "protocols", "presets", "cards")
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """Docstring markup as plain text (``:class:`ConvNet``` -> ConvNet, double backticks dropped)."""
+    return _ROLE.sub(r"\1", text).replace("``", "")
 
 
 def _registries() -> dict[str, Any]:
@@ -30,24 +37,50 @@ def describe(registry: Any, name: str) -> str:
         warnings.warn(f"{registry.kind} plugin {name!r} is broken: {exc}", stacklevel=2)
         return f"BROKEN: {exc}"
     text = getattr(obj, "description", None) or (obj.__doc__ or "").strip().splitlines()[0:1]
-    return text if isinstance(text, str) else (text[0] if text else "")
+    return plain(text if isinstance(text, str) else (text[0] if text else ""))
+
+
+def _rows(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max((len(name) for name, _ in pairs), default=0)
+    return [f"  {name.ljust(width)}  {text}" for name, text in pairs]
+
+
+def _presets() -> list[str]:
+    from dcbench_tesla.run.presets import load_preset, preset_names
+
+    return _rows([(name, str(load_preset(name).get("description", ""))) for name in preset_names()])
+
+
+def _cards() -> list[str]:
+    from dcbench_tesla.method import METHODS, spec
+
+    pairs = []
+    for method_id in METHODS.names():
+        try:
+            cards = spec(method_id).config_cards
+        except Exception as exc:  # a broken plugin: named, not a crash
+            pairs.append((method_id, f"BROKEN: {exc}"))
+            continue
+        for card in sorted(cards, key=lambda c: (c.dataset, c.ipc)):
+            pairs.append((f"{method_id} {card.dataset} IPC {card.ipc}", card.source or "(no source given)"))
+    return _rows(pairs)
 
 
 def listing(kind: str | None = None) -> str:
-    """Lines ``name  description`` per registry (or just ``kind``)."""
+    """Lines ``name  description`` per registry, the shipped bench presets and the config cards (or just ``kind``)."""
     sections = []
     for title, registry in _registries().items():
         if kind is not None and title != kind:
             continue
-        names = registry.names()
-        width = max((len(n) for n in names), default=0)
-        rows = [f"  {name.ljust(width)}  {describe(registry, name)}" for name in names]
-        sections.append(f"{title}:\n" + "\n".join(rows))
+        sections.append(f"{title}:\n" + "\n".join(_rows([(n, describe(registry, n)) for n in registry.names()])))
+    for title, rows in (("presets", _presets), ("cards", _cards)):
+        if kind == title:
+            sections.append(f"{title}:\n" + "\n".join(rows()))
     return "\n\n".join(sections)
 
 
 @command("ls")
 @click.argument("kind", required=False, type=click.Choice(KINDS))
 def ls_command(kind: str | None) -> None:
-    """List registered methods, datasets, models, gradient engines and protocols."""
+    """List methods, datasets, models, gradient engines, protocols; or the bench presets or config cards."""
     click.echo(listing(kind))

@@ -23,11 +23,15 @@ from dcbench_tesla.cli.common import PATH, Bounded, command
 @click.option(
     "--max-classes", type=Bounded(int, 1, 100_000), default=None, help="Classes shown (the first ones) [all]."
 )
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def show_command(
-    target: Path, output: Path | None, max_per_class: int, max_classes: int | None, overwrite: bool
-) -> None:
-    """Draw a synthetic set as an image grid; for a run directory, also its learning curves."""
+@click.option(
+    "--view",
+    type=click.Choice(["sigma", "raw"]),
+    default="sigma",
+    show_default=True,
+    help="sigma: each channel's mean +- 2.5 std stretched to [0, 1] (the papers' view); raw: pixels clipped to [0, 1].",
+)
+def show_command(target: Path, output: Path | None, max_per_class: int, max_classes: int | None, view: str) -> None:
+    """Draw a synthetic set as an image grid; for a run directory, also its learning curves (redrawn each time)."""
     from dcbench_tesla.show import show
 
-    show(target, output, max_per_class, max_classes, overwrite, echo=click.echo)
+    show(target, output, max_per_class, max_classes, view, echo=click.echo)

@@ -150,7 +150,7 @@ def default_depth(image_size: int) -> int:
 
 
 def build_convnet(channels: int, num_classes: int, image_size: int, depth: int | None = None, **kwargs: Any) -> ConvNet:
-    """ConvNet whose depth defaults to 3 for 32x32 images and 4 for 64x64 (the papers' choice).
+    """ConvNet, depth from the image size: 2 at 8x8, 3 at 32x32, 4 at 64x64 (the papers' choice above 8x8).
 
     Below 32x32 the default depth is the largest (at most 3) whose last block still sees maps of
     at least 4x4: 2 for the 8x8 digits. Instance norm over a 2x2 map (depth 3 at 8x8) divides by

@@ -64,6 +64,22 @@ def test_eval_of_a_saved_set_reproduces_the_run(tmp_path):
     assert result.exit_code == 0, result.output
     eval_acc = json.loads((tmp_path / "e.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
     assert eval_acc == pytest.approx(run_acc)
+    assert json.loads((tmp_path / "e.json").read_text())["baseline"] is None  # the baseline method's own set
+
+
+def test_eval_saves_by_default_beside_the_file_with_the_baseline_and_never_overwrites(tmp_path):
+    out = tmp_path / "run"
+    dm = ["run", "--method", "dm", "--ipc", "1", "--iterations", "1", "--set", "batch_real=8", "--output", out]
+    assert invoke(*dm, *FAST).exit_code == 0
+    set_file = out / "synthetic_set.safetensors"
+    result = invoke("eval", set_file, *FAST)
+    assert result.exit_code == 0, result.output
+    saved = out / "synthetic_set.eval-short-seed0.json"
+    record = json.loads(saved.read_text())
+    assert record["baseline"]["by_model"]["convnet"]["lr"] == pytest.approx(0.01)
+    assert "dm on digits, IPC 1" in result.output and "random real subset" in result.output
+    assert_user_error(invoke("eval", set_file, *FAST), "exists", "--overwrite")
+    assert invoke("eval", set_file, *FAST, "--overwrite").exit_code == 0
 
 
 def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path):

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from dcbench_tesla.cli import main
 from dcbench_tesla.data import Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.show import image_grid, learning_curves
+from dcbench_tesla.show import image_grid, learning_curves, running_mean
 from dcbench_tesla.synthetic import SyntheticSet
 
 TOL = 2.5 / 255  # 8-bit PNG (and the grey colormap's 256-entry table)
@@ -61,6 +61,13 @@ def read_png(path):
     return png[..., :3]  # drop alpha
 
 
+def sigma_view(x01):
+    """The papers' view, written out independently: per channel, mean +- 2.5 std over the set to [0, 1]."""
+    mean = x01.mean(dim=(0, 2, 3), keepdim=True)
+    std = x01.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    return ((x01 - (mean - 2.5 * std)) / (5 * std)).clamp(0, 1)
+
+
 def assert_cells_match(layout, png, x01):
     """Every grid cell shows its image, enlarged with nearest-neighbour repetition."""
     s = layout.scale
@@ -78,7 +85,7 @@ def assert_cells_match(layout, png, x01):
 
 def test_hard_labels_grey_grid_is_pixel_exact(tmp_path):
     syn, x01 = make_set(channels=1, size=8)
-    layout = image_grid(syn, tmp_path / "grid.png")
+    layout = image_grid(syn, tmp_path / "grid.png", view="raw")
     png = read_png(tmp_path / "grid.png")
     assert png.shape[:2] == layout.size
     assert layout.classes == [0, 1, 2] and [len(r) for r in layout.indices] == [2, 2, 2]
@@ -91,23 +98,26 @@ def test_hard_labels_grey_grid_is_pixel_exact(tmp_path):
     block = png[y : y + 8, x : x + 8, 0]
     assert np.ptp(block) == 0
     assert not list(tmp_path.glob(".grid.png.*"))  # no temp file left behind
+    sigma = image_grid(syn, tmp_path / "sigma.png")  # the default: the papers' 2.5-sigma view
+    assert_cells_match(sigma, read_png(tmp_path / "sigma.png"), sigma_view(x01))
 
 
 def test_soft_labels_and_zca_are_inverted_in_the_grid(tmp_path):
     syn, x01 = make_set(channels=3, size=4, soft=True, zca=True)
     assert syn.label_kind == "soft" and syn.preprocessing.kind == "zca"
     assert not torch.allclose(syn.images, x01, atol=0.05)  # the stored images really are whitened
-    layout = image_grid(syn, tmp_path / "soft.png")
+    layout = image_grid(syn, tmp_path / "soft.png", view="raw")
     png = read_png(tmp_path / "soft.png")
     assert png.shape[:2] == layout.size
     assert len(layout.indices) == 3
     assert layout.pitch[0] > layout.cell[0] + 4  # room for the probability under each image
     assert_cells_match(layout, png, x01)
+    assert_cells_match(image_grid(syn, tmp_path / "s.png"), read_png(tmp_path / "s.png"), sigma_view(x01))
 
 
 def test_limits_on_images_and_classes(tmp_path):
     syn, x01 = make_set(per_class=3, classes=4)
-    layout = image_grid(syn, tmp_path / "g.png", max_per_class=1, max_classes=2)
+    layout = image_grid(syn, tmp_path / "g.png", max_per_class=1, max_classes=2, view="raw")
     png = read_png(tmp_path / "g.png")
     assert layout.classes == [0, 1] and [len(r) for r in layout.indices] == [1, 1]
     assert png.shape[:2] == layout.size
@@ -139,10 +149,16 @@ def test_learning_curves_plot_loss_step_size_and_accuracy(tmp_path):
     assert one.shape[0] < three.shape[0] and one.shape[1] == three.shape[1]
 
 
-def test_learning_curves_of_a_run_without_steps_say_so(tmp_path):
+def test_learning_curves_of_a_run_without_steps_write_nothing(tmp_path):
     write_metrics(tmp_path / "metrics.jsonl", [{"event": "reset", "num_images": 6, "elapsed_s": 0.01}])
     assert learning_curves(tmp_path, tmp_path / "c.png") == []
-    assert read_png(tmp_path / "c.png").shape[0] > 100
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_running_mean():
+    ys = np.array([1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(running_mean(ys, 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(running_mean(ys, 10), [1.0, 2.0, 3.0, 4.0])
 
 
 def test_learning_curves_tolerate_a_truncated_last_line_only(tmp_path):
@@ -174,14 +190,12 @@ def run_dir(tmp_path):
     return run
 
 
-def test_show_run_directory_writes_both_figures_and_refuses_to_overwrite(run_dir, tmp_path):
+def test_show_run_directory_writes_both_figures_and_redraws_them(run_dir, tmp_path):
     result = invoke(run_dir)
     assert result.exit_code == 0, result.output
     assert (run_dir / "images.png").is_file() and (run_dir / "curves.png").is_file()
     before = (run_dir / "images.png").read_bytes()
-    assert_user_error(invoke(run_dir), "already exist", "--overwrite")
-    assert (run_dir / "images.png").read_bytes() == before
-    assert invoke(run_dir, "--overwrite", "--max-per-class", "1").exit_code == 0
+    assert invoke(run_dir, "--max-per-class", "1").exit_code == 0  # a redraw needs no flag
     assert (run_dir / "images.png").read_bytes() != before
     out = tmp_path / "figures"
     assert invoke(run_dir, "--output", out).exit_code == 0
@@ -195,7 +209,7 @@ def test_show_set_file(run_dir, tmp_path):
     assert (run_dir / "synthetic_set.png").is_file() and not (run_dir / "curves.png").exists()
     assert invoke(set_file, "--output", tmp_path / "mine.png").exit_code == 0
     assert (tmp_path / "mine.png").is_file()
-    assert_user_error(invoke(set_file, "--output", tmp_path / "mine.png"), "already exist")
+    assert invoke(set_file, "--output", tmp_path / "mine.png", "--view", "raw").exit_code == 0
     assert_user_error(invoke(set_file, "--output", tmp_path / "mine.jpg"), "PNG")
 
 
