@@ -41,7 +41,7 @@ def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict):
         if set(obj) == {_TENSOR}:
-            return tensors[obj[_TENSOR]]
+            return tensors[str(obj[_TENSOR])]
         if set(obj) == {_INT_KEYS}:
             return {int(k): _unflatten(v, tensors) for k, v in obj[_INT_KEYS].items()}
         return {k: _unflatten(v, tensors) for k, v in obj.items()}
@@ -67,7 +67,25 @@ def load_state(path: Path | str, what: str = "checkpoint") -> dict[str, Any]:
     tensors, meta = read_tensor_file(path, what=what)
     if meta.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is not a dcbench {what} (format {meta.get('format')!r})")
+    structure = meta.get("structure")
+    if not isinstance(structure, dict):
+        raise UserError(f"{str(path)!r}: field 'structure' is {type(structure).__name__}, expected an object")
     try:
-        return _unflatten(meta["structure"], tensors)
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{str(path)!r}: corrupt {what} structure ({exc})") from exc
+        state = _unflatten(structure, tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise UserError(f"{str(path)!r}: corrupt {what} structure ({type(exc).__name__}: {exc})") from exc
+    unused = set(tensors) - _referenced(structure)
+    if unused:
+        raise UserError(f"{str(path)!r}: corrupt {what}: tensors {sorted(unused)[:3]} are not in its structure")
+    return state
+
+
+def _referenced(obj: Any) -> set[str]:
+    """Names of the tensors a flattened structure refers to."""
+    if isinstance(obj, dict):
+        if set(obj) == {_TENSOR}:
+            return {str(obj[_TENSOR])}
+        return set().union(*(_referenced(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_referenced(v) for v in obj)) if obj else set()
+    return set()
