@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -66,15 +67,18 @@ def write_error(path: Path, exc: OSError, size_bytes: int | None) -> UserError:
 def atomic_path(path: Path | str, size_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is left untouched. A write that
-    fails because the disk is full (``ENOSPC``), a quota is exceeded, or the place is read-only or
-    forbidden ends as a :class:`UserError` naming ``path`` and ``size_bytes`` (what was being written).
+    On an exception the temporary file is removed and ``path`` is left untouched. The temporary's
+    name carries the process id, so the temporaries a killed process left behind are recognised
+    and removed by the next write of the same file. A write that fails because the disk is full
+    (``ENOSPC``), a quota is exceeded, or the place is read-only or forbidden ends as a
+    :class:`UserError` naming ``path`` and ``size_bytes`` (what was being written).
     """
     path = Path(path)
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o666 & ~_current_umask())
@@ -90,6 +94,61 @@ def atomic_path(path: Path | str, size_bytes: int | None = None) -> Iterator[Pat
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot), to tell a reused pid; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        return stat.rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """True if ``pid`` runs on this machine (not a zombie) and, when ``start`` is given and known, started then."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    except (OSError, OverflowError, ValueError):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    return start is None or process_start(pid) in (None, start)
+
+
+def is_stale_temporary(path: Path) -> bool:
+    """True for a temporary file of :func:`atomic_path` whose process is gone (killed mid-write)."""
+    name = path.name
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    parts = name[1:-4].rsplit(".", 2)  # "<target>.<pid>.<random>"
+    return len(parts) == 3 and parts[1].isdigit() and not process_alive(int(parts[1]))
+
+
+def remove_stale_temporaries(directory: Path, target: str = "") -> None:
+    """Remove the temporaries that killed processes left in ``directory`` (those of ``target`` only, if given)."""
+    try:
+        found = list(Path(directory).glob(f".{glob.escape(target)}*.tmp"))
+    except OSError:
+        return
+    for path in found:
+        if is_stale_temporary(path):
+            path.unlink(missing_ok=True)
+
+
+def user_files(directory: Path) -> list[Path]:
+    """The entries of ``directory`` except stale temporaries of killed writes (``[]`` if it is missing)."""
+    if not Path(directory).is_dir():
+        return []
+    return [p for p in Path(directory).iterdir() if not is_stale_temporary(p)]
 
 
 def _current_umask() -> int:

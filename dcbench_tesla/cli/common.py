@@ -139,7 +139,8 @@ def parse_ints(value: str | None, flag: str, low: int = 1, high: int = MAX_IPC) 
     except ValueError:
         numbers = []
     if not numbers or any(not low <= n <= high for n in numbers):
-        raise UserError(f"{flag} expects a comma-separated list of integers {low}..{high}, got {value!r}")
+        kind = "positive integers" if low == 1 else "integers"
+        raise UserError(f"{flag} expects a comma-separated list of {kind} ({low}..{high}), got {value!r}")
     return numbers
 
 

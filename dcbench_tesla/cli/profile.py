@@ -94,11 +94,12 @@ def _check_output(output: Path, overwrite: bool, settings: dict[str, Any]) -> bo
         UserError: not a directory, another sweep's results, or files that are not a sweep (without
             ``overwrite``).
     """
+    from dcbench_tesla.files import user_files
     from dcbench_tesla.profiling.sweep import SWEEP_NAME
 
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {str(output)!r} exists and is not a directory")
-    if overwrite or not output.is_dir() or not any(output.iterdir()):
+    if overwrite or not user_files(output):  # (temporaries of a killed write do not count)
         return False
     try:
         earlier = json.loads((output / SWEEP_NAME).read_text(encoding="utf-8"))

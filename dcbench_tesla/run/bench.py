@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
+from dcbench_tesla.files import ensure_writable_dir, user_files, write_json_atomic
 from dcbench_tesla.method import baseline_method, distiller_class, spec
 from dcbench_tesla.run import runner
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
@@ -284,7 +284,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
                 f"bench directory {str(output)!r} holds a different request ({differences}). Choose another "
                 "--output, or pass --overwrite to discard its results and compute every cell again."
             )
-    elif output.is_dir() and any(output.iterdir()):
+    elif user_files(output):  # (temporaries of a killed write do not count)
         # Never clear a folder that is not a bench, not even with --overwrite.
         raise UserError(
             f"--output {str(output)!r} already holds files but no {MANIFEST}: it is not a bench directory. "

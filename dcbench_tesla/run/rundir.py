@@ -31,6 +31,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.files import (
+    ensure_writable_dir,
+    is_stale_temporary,
+    process_alive,
+    process_start,
+    remove_stale_temporaries,
+)
 
 RESULT_SCHEMA_VERSION = 1
 
@@ -61,34 +68,6 @@ class ResultRecord(TypedDict):
 RESULT_SCHEMA: dict[str, str] = {
     key: hint.__metadata__[0] for key, hint in typing.get_type_hints(ResultRecord, include_extras=True).items()
 }
-
-
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (Linux: clock ticks since boot), to tell a reused pid; None elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        return stat.rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_alive(pid: int, start: str | None) -> bool:
-    """True if ``pid`` runs on this machine (not a zombie) and, when known, started at ``start``."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    except (OSError, OverflowError, ValueError):
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace").rpartition(")")[2].split()[0]
-        if state in ("Z", "X"):
-            return False
-    except (OSError, IndexError):
-        pass
-    return start is None or _process_start(pid) in (None, start)
 
 
 class RunLock:
@@ -133,7 +112,7 @@ class RunLock:
             return owner  # another machine's process: it cannot be checked from here
         if not isinstance(pid, int) or isinstance(pid, bool) or pid == os.getpid():
             return None
-        return owner if _process_alive(pid, owner.get("start")) else None
+        return owner if process_alive(pid, owner.get("start")) else None
 
     def describe(self, owner: dict[str, Any]) -> str:
         """``"pid 123 on host since 2024-..."``."""
@@ -162,7 +141,7 @@ class RunLock:
             content = {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
-                "start": _process_start(os.getpid()),
+                "start": process_start(os.getpid()),
                 "since": _dt.datetime.now().isoformat(timespec="seconds"),
                 "token": token,
                 "command": " ".join(["dcbench", *sys.argv[1:]]),
@@ -301,10 +280,6 @@ class RunDir:
             "or choose another --output"
         )
 
-    def _is_leftover(self, name: str) -> bool:
-        """A temporary file of an interrupted atomic write of one of the run's files, or the lock."""
-        return name == self.LOCK or any(name.startswith(f".{f}.") and name.endswith(".tmp") for f in self.FILES)
-
     def restartable(self) -> bool:
         """True when starting the run again here loses nothing.
 
@@ -314,9 +289,8 @@ class RunDir:
         """
         if not self.path.is_dir():
             return True
-        names = [p.name for p in self.path.iterdir()]
-        restartable = {self.CONFIG, self.METRICS, self.SYNTHETIC_SET}
-        return all(name in restartable or self._is_leftover(name) for name in names)
+        restartable = {self.CONFIG, self.METRICS, self.SYNTHETIC_SET, self.LOCK}
+        return all(p.name in restartable or is_stale_temporary(p) for p in self.path.iterdir())
 
     def open(self, resume: bool) -> None:
         """Create the directory, take its lock, and remove the files the run rewrites.
@@ -327,16 +301,12 @@ class RunDir:
         Raises:
             UserError: the directory cannot be written, or another process holds its lock.
         """
-        from dcbench_tesla.files import ensure_writable_dir
-
         ensure_writable_dir(self.path)
         self.lock.acquire()
         stale = (self.SYNTHETIC_SET, self.RESULT) if resume else self.FILES
         for name in stale:
             (self.path / name).unlink(missing_ok=True)
-        for leftover in self.path.iterdir():
-            if leftover.name != self.LOCK and self._is_leftover(leftover.name):
-                leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)
 
     def close(self) -> None:
         """Release the directory's lock (it is also released when the process exits)."""
