@@ -30,12 +30,15 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
             return None
+        if len(args) == 1:  # Optional[X]: X's own message
+            return _coerce(value, args[0], key, owner)
         for arg in args:
             try:
                 return _coerce(value, arg, key, owner)
             except UserError:
                 continue
-        raise UserError(f"{owner}: option {key!r} got {value!r}, expected one of {args}")
+        names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise UserError(f"{owner}: option {key!r} got {value!r}, expected one of: {names} or none")
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:

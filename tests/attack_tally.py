@@ -19,19 +19,21 @@ LONG_FACTOR = 20
 COUNTS: dict[str, Counter] = defaultdict(Counter)
 
 
-def record(surface: str, outcome: str) -> None:
-    """Count one attack on ``surface`` that ended with ``outcome`` (e.g. ``"exit 2"``)."""
-    COUNTS[surface][outcome] += 1
+def record(surface: str, outcome: str, count: int = 1) -> None:
+    """Count ``count`` attacks on ``surface`` that ended with ``outcome`` (e.g. ``"exit 2"``)."""
+    COUNTS[surface][outcome] += count
 
 
 def summary_lines() -> list[str]:
-    """One line per surface: attacks and outcomes; then the total."""
+    """One line per surface: its outcomes and their counts; then the total of all counts."""
     lines = []
     for surface in sorted(COUNTS):
         outcomes = ", ".join(f"{outcome}: {n}" for outcome, n in sorted(COUNTS[surface].items()))
-        lines.append(f"{surface}: {sum(COUNTS[surface].values())} ({outcomes})")
+        lines.append(f"{surface}: {outcomes}")
     if lines:
-        lines.append(f"total: {sum(sum(c.values()) for c in COUNTS.values())} attacks")
+        fuzzed = sum(sum(c.values()) for s, c in COUNTS.items() if not s.startswith("kill"))
+        kills = sum(c["killed"] for s, c in COUNTS.items() if s.startswith("kill"))
+        lines.append(f"total: {fuzzed} fuzzed inputs and files, {kills} kills")
     return lines
 
 

@@ -33,9 +33,12 @@ class CliError(click.ClickException):
 
 
 def as_cli_error(exc: BaseException) -> CliError:
-    """The one adapter: a UserError, a bad parameter or Ctrl-C as a one-line CLI error."""
+    """The one adapter: a UserError, a bad parameter or Ctrl-C as a one-line CLI error.
+
+    A message that quotes a multi-line text (a library's exception) is joined into one line.
+    """
     if isinstance(exc, UserError):
-        return CliError(str(exc), exc.exit_code)
+        return CliError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()), exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         return CliError("interrupted (Ctrl-C); nothing half-written is left behind", 130)
     if isinstance(exc, click.UsageError):

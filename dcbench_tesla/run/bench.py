@@ -353,6 +353,7 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
         if cell.rundir.is_finished():
             print(f"[{index}/{total}] {cell.name}: done earlier, read back from {cell.rundir.result}")
             records[cell.name] = _read_cell(cell)
+            cell.rundir.remove_stale_lock()  # a kill after its result was written leaves one
             continue
         run = cell.run
         if cell.rundir.has_checkpoint():
@@ -363,6 +364,7 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
         print(f"[{index}/{total}] {cell.name}: {state}")
         try:
             records[cell.name] = runner.run(run)
+            cell.rundir.close()  # the next cells run in this process: release this cell's lock now
         except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
             print(
                 f"\nbench stopped in cell {cell.name}; finished cells are kept, and the same command "

@@ -159,6 +159,14 @@ class RunLock:
             return
         raise UserError(f"could not take the lock {str(self.path)!r}: other processes keep taking it")
 
+    def remove_if_stale(self) -> None:
+        """Remove the lock if no other live process holds it and this object does not either."""
+        if self.token is None and self.owner() is not None and self.held_by_another() is None:
+            try:
+                self._remove_if(self.path.read_bytes())
+            except OSError:
+                pass
+
     def _remove_if(self, content: bytes) -> None:
         """Remove the lock if it still holds ``content`` (a stale lock being taken over)."""
         try:
@@ -311,6 +319,10 @@ class RunDir:
     def close(self) -> None:
         """Release the directory's lock (it is also released when the process exits)."""
         self.lock.release()
+
+    def remove_stale_lock(self) -> None:
+        """Remove a lock whose process is gone (a kill after the run's result was written leaves one)."""
+        self.lock.remove_if_stale()
 
     def read_json(self, path: Path) -> dict[str, Any] | None:
         """A JSON file of this directory, or None when it is missing or unreadable."""
