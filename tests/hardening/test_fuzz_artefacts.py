@@ -298,3 +298,71 @@ def test_a_config_file_naming_json_values_is_read(tmp_path):
     result = invoke(["run", "--method", "dm", "--dataset", "digits", *RUN_CHEAP, "--iterations", "1", "--set",
                      "batch_real=8", "--config", tmp_path / "c.json", "--output", tmp_path / "out"])  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+# -- upstream replay buffers (torch.save files, read with weights_only=True) --------------------
+
+
+@pytest.fixture(scope="module")
+def replay_buffer(expert_store, tmp_path_factory):
+    """An upstream-style ``replay_buffer_0.pt``: a list of trajectories, each a list of parameter lists."""
+    import torch
+
+    from dcbench_tesla.experts.store import ExpertStore
+
+    folder = tmp_path_factory.mktemp("buffer-store")
+    for name, content in expert_store.items():
+        (folder / name).write_bytes(content)
+    store = ExpertStore.open(folder)
+    shapes = [tuple(s) for s in store.layout["shapes"]]
+    snapshots = []
+    for row in store.trajectory(0):
+        parts, start = [], 0
+        for shape in shapes:
+            size = int(np.prod(shape))
+            parts.append(row[start : start + size].reshape(shape).clone())
+            start += size
+        snapshots.append(parts)
+    out = io.BytesIO()
+    torch.save([snapshots], out)
+    return out.getvalue(), [snapshots]
+
+
+def _mutated_buffer(draw, buffer) -> bytes:
+    import torch
+
+    data, trajectories = buffer
+    if draw(st.booleans()):
+        return mutate_bytes(draw, data)
+    snapshots = [list(s) for s in trajectories[0]]
+    t = draw(st.integers(0, len(snapshots) - 1))
+    p = draw(st.integers(0, len(snapshots[t]) - 1))
+    choices = [
+        "not a tensor",
+        None,
+        snapshots[t][p].reshape(-1),
+        snapshots[t][p].to(torch.int64),
+        snapshots[t][p] * float("nan"),
+        torch.zeros(3),
+        [snapshots[t][p]],
+    ]
+    kind = draw(st.sampled_from(["param", "drop_snapshot", "drop_param", "nest", "flat"]))
+    if kind == "param":
+        snapshots[t][p] = draw(st.sampled_from(choices))
+    elif kind == "drop_snapshot":
+        del snapshots[t]
+    elif kind == "drop_param":
+        del snapshots[t][p]
+    obj = {"nest": {"trajectories": [snapshots]}, "flat": snapshots}.get(kind, [snapshots])
+    out = io.BytesIO()
+    torch.save(obj, out)
+    return out.getvalue()
+
+
+@fuzz_settings(20)
+@given(data=st.data())
+def test_mutated_replay_buffers(tmp_path, replay_buffer, data):
+    out = fresh(tmp_path / "store")
+    args = ["experts", "--dataset", "digits", "--import", "replay_buffer_0.pt", "--output", out, "--no-progress"]
+    files = {"replay_buffer_0.pt": _mutated_buffer(data.draw, replay_buffer)}
+    attack_files(tmp_path, files, args, "file upstream replay buffer (dcbench experts --import)", out)
