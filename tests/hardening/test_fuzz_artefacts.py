@@ -159,13 +159,19 @@ def cifar_files():
 @fuzz_settings(25)
 @given(data=st.data())
 def test_mutated_cifar_batches(tmp_path, cifar_files, data):
+    target = data.draw(st.sampled_from(sorted(cifar_files)))
+    mutated = mutate_pickled_batch(data.draw, cifar_files[target])
+    attack_dataset(tmp_path, "cifar10", "cifar-10-batches-py", cifar_files, target, mutated, "CIFAR-10 batch")
+
+
+def attack_dataset(tmp_path, dataset, folder, files, target, mutated, what) -> None:
+    """``dcbench run`` of the random method on ``dataset``'s ``folder`` with ``target`` replaced by ``mutated``."""
     root = fresh(tmp_path / "data")
     out = fresh(tmp_path / "out")
-    target = data.draw(st.sampled_from(sorted(cifar_files)))
-    files = {f"data/cifar-10-batches-py/{name}": content for name, content in cifar_files.items()}
-    files[f"data/cifar-10-batches-py/{target}"] = mutate_pickled_batch(data.draw, cifar_files[target])
-    args = ["run", "--method", "random", "--dataset", "cifar10", "--data-root", root.name, *RUN_CHEAP, "--output", out]
-    attack_files(tmp_path, files, args, "file CIFAR-10 batch (dcbench run)", out)
+    written = {f"data/{folder}/{name}": content for name, content in files.items()}
+    written[f"data/{folder}/{target}"] = mutated
+    args = ["run", "--method", "random", "--dataset", dataset, "--data-root", root.name, *RUN_CHEAP, "--output", out]
+    attack_files(tmp_path, written, args, f"file {what} (dcbench run)", out)
 
 
 # -- Tiny ImageNet -----------------------------------------------------------------------------
@@ -200,19 +206,13 @@ def tiny_files():
 @fuzz_settings(15)
 @given(data=st.data())
 def test_mutated_tiny_imagenet_files(tmp_path, tiny_files, data):
-    root = fresh(tmp_path / "data")
-    out = fresh(tmp_path / "out")
     target = data.draw(st.sampled_from(sorted(tiny_files)))
     content = tiny_files[target]
     if target.endswith(".txt"):
-        content = mutate_text(data.draw, content.decode()).encode("utf-8", errors="surrogateescape")
+        mutated = mutate_text(data.draw, content.decode()).encode("utf-8", errors="surrogateescape")
     else:
-        content = mutate_bytes(data.draw, content)
-    files = {f"data/tiny-imagenet-200/{name}": c for name, c in tiny_files.items()}
-    files[f"data/tiny-imagenet-200/{target}"] = content
-    args = ["run", "--method", "random", "--dataset", "tinyimagenet", "--data-root", root.name, *RUN_CHEAP,
-            "--output", out]  # fmt: skip
-    attack_files(tmp_path, files, args, "file Tiny ImageNet (dcbench run)", out)
+        mutated = mutate_bytes(data.draw, content)
+    attack_dataset(tmp_path, "tinyimagenet", "tiny-imagenet-200", tiny_files, target, mutated, "Tiny ImageNet")
 
 
 # -- ImageNet-64 (the reader: a run would need all 1,000 classes) -------------------------------
