@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.models import build_model
+from dcbench_tesla.progress import progress_bar
 from dcbench_tesla.registry import Registry
 
 
@@ -183,7 +184,7 @@ def train_and_test(
     protocol: EvaluationProtocol,
     seed: int,
     device: torch.device,
-    progress: bool = False,
+    on_epoch: Callable[[], None] | None = None,
 ) -> float:
     """Train one fresh model on ``images``/``labels``; return its final test accuracy.
 
@@ -196,7 +197,7 @@ def train_and_test(
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
         device: Where to train.
-        progress: Show an epoch progress bar.
+        on_epoch: Called after every epoch (progress reporting).
     """
     c, h, _ = dataset.image_shape
     with torch.random.fork_rng(devices=[]):
@@ -210,11 +211,13 @@ def train_and_test(
     decay_epoch = math.floor(protocol.epochs * protocol.decay_at)
     images, labels = images.to(device), labels.to(device)
     model.train()
-    for epoch in tqdm(range(protocol.epochs), desc=f"train {model_name}", leave=False, disable=not progress):
+    for epoch in range(protocol.epochs):
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
         train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
+        if on_epoch is not None:
+            on_epoch()
     return test_accuracy(model, dataset, protocol.test_batch_size, device)
 
 
@@ -268,16 +271,21 @@ def evaluate_images(
     progress: bool = False,
     label: str = "evaluate",
 ) -> EvaluationResult:
-    """Train ``protocol.num_models`` fresh models of each architecture and test them."""
+    """Train ``protocol.num_models`` fresh models of each architecture and test them.
+
+    With ``progress``, one bar counts epochs over every model (an honest ETA from the first epoch on)
+    and names the model being trained.
+    """
     result = EvaluationResult(protocol=protocol, seed=seed)
-    total = len(models) * protocol.num_models
-    bar = tqdm(total=total, desc=label, disable=not progress, leave=False)
+    total = len(models) * protocol.num_models * protocol.epochs
+    bar = progress_bar(total=total, desc=label, enabled=progress, unit="epoch")
     for model_name in models:
         accuracies = []
         for k in range(protocol.num_models):
-            acc = train_and_test(model_name, images, labels, dataset, lr, protocol, _model_seed(seed, k), device)
+            bar.set_postfix_str(f"{model_name} {k + 1}/{protocol.num_models}")
+            model_seed = _model_seed(seed, k)
+            acc = train_and_test(model_name, images, labels, dataset, lr, protocol, model_seed, device, bar.update)
             accuracies.append(acc)
-            bar.update(1)
         result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=accuracies, lr=lr)
     bar.close()
     return result

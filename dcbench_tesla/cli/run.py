@@ -24,6 +24,7 @@ from dcbench_tesla.cli.common import (
     parse_set,
     progress_option,
     threads_option,
+    yes_option,
 )
 from dcbench_tesla.data import DEFAULT_DATASET
 
@@ -60,6 +61,7 @@ from dcbench_tesla.data import DEFAULT_DATASET
     help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
+@yes_option
 @click.option(
     "--eval-every",
     type=EVERY,
@@ -98,5 +100,6 @@ def run_command(**kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"],
         resume=kw["resume"],
         eval_every=kw["eval_every"],
+        yes=kw["yes"],
     )
     run(request)

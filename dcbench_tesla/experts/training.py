@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
@@ -40,6 +39,7 @@ from dcbench_tesla.experts.store import (
     write_manifest,
 )
 from dcbench_tesla.matching.problem import FlatParams
+from dcbench_tesla.progress import progress_bar
 
 Notice = Callable[[str], None]
 
@@ -61,9 +61,13 @@ def expert_directory(cache_dir: Path | str, config: ExpertConfig, dataset: Datas
 
 
 def train_one_expert(
-    dataset: Dataset, config: ExpertConfig, index: int, device: torch.device | str, progress: bool = False
+    dataset: Dataset,
+    config: ExpertConfig,
+    index: int,
+    device: torch.device | str,
+    on_epoch: Callable[[], None] | None = None,
 ) -> tuple[Tensor, float]:
-    """Train expert ``index`` of ``config`` on ``dataset``.
+    """Train expert ``index`` of ``config`` on ``dataset`` (``on_epoch`` is called after every epoch).
 
     Returns:
         The trajectory, float32 ``(epochs + 1, P)`` on the CPU, and the final test accuracy.
@@ -86,9 +90,10 @@ def train_one_expert(
     if device.type != "cpu" and images.numel() * images.element_size() <= _RESIDENT_BYTES:
         images, labels = images.to(device), labels.to(device)
     model.train()
-    epochs = tqdm(range(config.epochs), desc=f"expert {index}", leave=False, disable=not progress)
-    for epoch in epochs:
+    for epoch in range(config.epochs):
         train_one_epoch(model, optimizer, images, labels, config.batch_size, augment, generator, device)
+        if on_epoch is not None:
+            on_epoch()
         snapshot = flat.flatten().float().cpu()
         if not bool(torch.isfinite(snapshot).all()):
             raise UserError(
@@ -165,15 +170,12 @@ def train_experts(
         write_manifest(directory, manifest_metadata(config, dataset, layout, origin), dataset.preprocessing)
 
     key = config.key(dataset.preprocessing, layout)
-    bar = tqdm(
-        total=config.num_experts,
-        initial=config.num_experts - len(missing),
-        desc="experts",
-        disable=not progress,
-    )
+    done_epochs = (config.num_experts - len(missing)) * config.epochs
+    bar = progress_bar(config.num_experts * config.epochs, "experts", progress, unit="epoch", initial=done_epochs)
     for index in missing:
         start = time.perf_counter()
-        trajectory, accuracy = train_one_expert(dataset, config, index, device, progress=progress)
+        bar.set_postfix_str(f"expert {index + 1}/{config.num_experts}")
+        trajectory, accuracy = train_one_expert(dataset, config, index, device, on_epoch=bar.update)
         seconds = time.perf_counter() - start
         write_expert(
             directory,
@@ -190,8 +192,6 @@ def train_experts(
                 "source": None,
             },
         )
-        bar.update(1)
-        bar.set_postfix(test_acc=f"{100 * accuracy:.1f}%")
     bar.close()
     return ExpertStore.open(directory, max_experts=config.num_experts)
 

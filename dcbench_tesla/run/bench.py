@@ -65,6 +65,7 @@ class BenchRequest:
         threads: Torch intra-op threads.
         progress: Show progress bars.
         cache_dir: Cache of ZCA states and experts [``$DCBENCH_CACHE``].
+        yes: Run cells whose estimated cost is far above the dataset's config cards.
     """
 
     methods: list[str]
@@ -87,6 +88,7 @@ class BenchRequest:
     threads: int | None = None
     progress: bool = True
     cache_dir: Path | None = None
+    yes: bool = False
 
 
 @dataclass
@@ -213,6 +215,7 @@ def plan(request: BenchRequest) -> BenchPlan:
         threads=request.threads,
         progress=request.progress,
         cache_dir=request.cache_dir,
+        yes=request.yes,
         overwrite=True,  # a cell is only ever computed when it has no result.json
     )
     cells: list[Cell] = []

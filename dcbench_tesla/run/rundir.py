@@ -11,9 +11,9 @@ A run directory holds::
 
 Two processes never work in one run directory at once: :meth:`RunDir.open` takes the lock
 (created with ``O_EXCL``), and a second run is refused naming the owner. A lock whose process is
-gone (killed) is taken over. A directory that holds no ``result.json`` and no checkpoint, only the
-files of a run killed before its first checkpoint, may be started again by the same command;
-one that holds a result needs ``--overwrite``.
+gone (killed) is taken over. A directory that holds only the files of a run killed before its
+first checkpoint may be started again by the same command (:meth:`RunDir.is_restartable`); one
+that holds a result needs ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -250,17 +250,27 @@ class RunDir:
         """True when a checkpoint exists (an unfinished run that can be resumed)."""
         return self.checkpoint.is_file()
 
-    def check_usable(self, overwrite: bool, resume: bool) -> None:
-        """Refuse what a run cannot use; touches no file.
+    def is_restartable(self) -> bool:
+        """True for a run stopped before its first checkpoint, of which a rerun loses nothing.
 
-        Refused: a non-directory, a directory another process works in, an existing run (unless
-        ``overwrite``), or a resume without a checkpoint.
+        That is a directory holding only ``config.json``, ``metrics.jsonl``, the lock of a stopped
+        process or temporaries of interrupted writes: no result, no checkpoint, no set. The same
+        command may start it again without ``--overwrite``.
+        """
+        present = list(self.path.iterdir()) if self.path.is_dir() else []
+        ours = {self.CONFIG, self.METRICS, self.LOCK}
+        return bool(present) and all(p.name in ours or is_stale_temporary(p) for p in present)
 
-        A directory holding only the files of a run killed before its first checkpoint (no
-        ``result.json``, no checkpoint) is not an existing run: the same command starts it again.
+    def check_usable(self, overwrite: bool, resume: bool) -> bool:
+        """Check the directory can take this run (touching no file); return whether it resumes a checkpoint.
+
+        A fresh or restartable directory (see :meth:`is_restartable`) is used as is, also with
+        ``--resume`` (then the run starts from the beginning: there is no state to resume).
 
         Raises:
-            UserError: with what to do instead.
+            UserError: a non-directory, a directory another live process works in, an existing run
+                without ``overwrite``, contradictory flags, or ``--resume`` where there is nothing to
+                resume from.
         """
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output {str(self.path)!r} exists and is not a directory")
@@ -270,14 +280,14 @@ class RunDir:
                 f"run directory {str(self.path)!r} is in use by another dcbench process ({self.lock.describe(owner)}); "
                 "wait for it to finish or choose another --output"
             )
-        if resume:
-            if overwrite:
-                raise UserError("--resume and --overwrite contradict each other; pass one")
-            if not self.has_checkpoint():
-                raise UserError(f"nothing to resume: {str(self.checkpoint)!r} does not exist (run without --resume)")
-            return
-        if overwrite or self.restartable():
-            return
+        if resume and overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one")
+        if resume and self.has_checkpoint():
+            return True
+        if resume and not self.is_restartable():
+            raise UserError(f"nothing to resume: {str(self.checkpoint)!r} does not exist (run without --resume)")
+        if overwrite or not self.path.is_dir() or not any(self.path.iterdir()) or self.is_restartable():
+            return False
         if self.has_checkpoint() and not self.is_finished():
             raise UserError(
                 f"run directory {str(self.path)!r} holds the checkpoint of an unfinished run: pass --resume to "
@@ -287,18 +297,6 @@ class RunDir:
             f"run directory {str(self.path)!r} already holds files; pass --overwrite to replace them, "
             "or choose another --output"
         )
-
-    def restartable(self) -> bool:
-        """True when starting the run again here loses nothing.
-
-        That is a missing or empty directory, or one holding only the files of a run killed before its
-        first checkpoint (config, metrics, synthetic set, leftovers of interrupted writes): no result
-        and no checkpoint.
-        """
-        if not self.path.is_dir():
-            return True
-        restartable = {self.CONFIG, self.METRICS, self.SYNTHETIC_SET, self.LOCK}
-        return all(p.name in restartable or is_stale_temporary(p) for p in self.path.iterdir())
 
     def open(self, resume: bool) -> None:
         """Create the directory, take its lock, and remove the files the run rewrites.
