@@ -6,11 +6,13 @@ line (the last line on stderr) and no traceback; and no file outside the output 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import safetensors.torch
 from attack_tally import record
 from click.testing import CliRunner, Result
 
@@ -57,3 +59,37 @@ def snapshot(root: Path, skip: Iterable[Path] = ()) -> dict[str, tuple[int, str]
         data = path.read_bytes()
         found[str(path.relative_to(root))] = (len(data), hashlib.sha1(data).hexdigest())
     return found
+
+
+class FakeFullDisk:
+    """A fake (test only): writes of ``name`` fail with ENOSPC (after a partial write) from the ``after``-th on.
+
+    It replaces the two writers every file goes through: safetensors' ``save_file`` and ``Path.write_bytes``.
+    """
+
+    def __init__(self, name: str, after: int = 1) -> None:
+        self.name, self.after, self.calls = name, after, 0
+
+    def full(self, filename) -> bool:
+        if not Path(filename).name.startswith(f".{self.name}."):
+            return False
+        self.calls += 1
+        return self.calls >= self.after
+
+    def fail(self, filename) -> None:
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * 64)  # what fitted before the disk was full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+
+    def install(self, monkeypatch) -> FakeFullDisk:
+        real_save, real_write = safetensors.torch.save_file, Path.write_bytes
+
+        def save_file(tensors, filename, metadata=None):
+            return self.fail(filename) if self.full(filename) else real_save(tensors, filename, metadata=metadata)
+
+        def write_bytes(path, data):
+            return self.fail(path) if self.full(path) else real_write(path, data)
+
+        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
+        return self

@@ -8,48 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 from cli_checks import assert_user_error
-from hardening_tools import CHEAP_EVAL, invoke
+from hardening_tools import CHEAP_EVAL, FakeFullDisk, invoke
 
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.files import atomic_path, write_text_atomic
 from dcbench_tesla.state_io import load_state
 from dcbench_tesla.synthetic import SyntheticSet
-
-
-class FakeFullDisk:
-    """A fake (test only): writes of ``name`` fail with ENOSPC (after a partial write) from the ``after``-th on.
-
-    It replaces the two writers every file goes through: safetensors' ``save_file`` and ``Path.write_bytes``.
-    """
-
-    def __init__(self, name: str, after: int = 1) -> None:
-        self.name, self.after, self.calls = name, after, 0
-
-    def full(self, filename) -> bool:
-        if not Path(filename).name.startswith(f".{self.name}."):
-            return False
-        self.calls += 1
-        return self.calls >= self.after
-
-    def fail(self, filename) -> None:
-        with open(filename, "wb") as handle:
-            handle.write(b"\0" * 64)  # what fitted before the disk was full
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
-
-    def install(self, monkeypatch) -> FakeFullDisk:
-        real_save, real_write = safetensors.torch.save_file, Path.write_bytes
-
-        def save_file(tensors, filename, metadata=None):
-            return self.fail(filename) if self.full(filename) else real_save(tensors, filename, metadata=metadata)
-
-        def write_bytes(path, data):
-            return self.fail(path) if self.full(path) else real_write(path, data)
-
-        monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-        monkeypatch.setattr(Path, "write_bytes", write_bytes)
-        return self
 
 
 def temporaries(folder: Path) -> list[Path]:
@@ -81,7 +46,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resume_completes
     assert a.images.equal(b.images) and a.iteration == b.iteration == 6
 
 
-def test_a_full_disk_at_the_result_keeps_the_set_and_the_same_command_completes(tmp_path, monkeypatch):
+def test_a_full_disk_at_the_result_keeps_the_set_and_resume_completes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["run", "--method", "random", "--dataset", "digits", "--ipc", "1", *CHEAP_EVAL, "--output", out]
     with monkeypatch.context() as patch:
@@ -89,7 +54,10 @@ def test_a_full_disk_at_the_result_keeps_the_set_and_the_same_command_completes(
         assert_user_error(invoke(args), "result.json", "no space left on the device", "bytes) needed")
     assert (out / "synthetic_set.safetensors").is_file() and not (out / "result.json").exists()
     assert not temporaries(tmp_path)
-    assert invoke(args).exit_code == 0  # no checkpoint, no result: the same command starts it again
+    assert_user_error(invoke(args), "checkpoint of an unfinished run", "--resume")
+    resumed = invoke([*args, "--resume"])  # the finished episode's checkpoint: only the evaluation again
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "result.json").is_file() and not (out / "checkpoint.safetensors").exists()
 
 
 def test_a_full_disk_keeps_the_previous_results_of_a_bench(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import shutil
 import numpy as np
 import pytest
 from attack_tally import fuzz_settings, record
-from hardening_tools import CHEAP_EVAL, check_outcome, invoke, snapshot
+from hardening_tools import CHEAP_EVAL, FakeFullDisk, check_outcome, invoke, snapshot
 from hypothesis import given
 from hypothesis import strategies as st
 from mutations import mutate_bytes, mutate_npz, mutate_pickled_batch, mutate_safetensors, mutate_text
@@ -80,16 +80,22 @@ def test_mutated_synthetic_sets(tmp_path, set_files, data):
 
 # -- checkpoints -------------------------------------------------------------------------------
 
+# Checkpoints at iteration 2 and at the end of the episode.
 DM_RUN = ["run", "--method", "dm", "--dataset", "digits", *RUN_CHEAP, "--iterations", "3", "--set", "batch_real=8",
           "--checkpoint-every", "2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def dm_run(tmp_path_factory):
-    """A finished 3-iteration DM run whose checkpoint holds iteration 2: its config, metrics and checkpoint."""
+    """A 3-iteration DM run stopped by a full disk after its checkpoint of iteration 2: config, metrics, checkpoint."""
     folder = tmp_path_factory.mktemp("dm")
-    result = invoke([*DM_RUN, "--output", folder / "run"])
-    assert result.exit_code == 0, result.output
+    patch = pytest.MonkeyPatch()
+    try:
+        FakeFullDisk("checkpoint.safetensors", after=2).install(patch)
+        result = invoke([*DM_RUN, "--output", folder / "run"])
+    finally:
+        patch.undo()
+    assert result.exit_code == 2 and "no space left" in result.output, result.output
     return {
         name: (folder / "run" / name).read_bytes()
         for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors")

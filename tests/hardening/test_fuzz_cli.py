@@ -84,7 +84,7 @@ SURFACES = {
             "--output": values("out", "out/deeper", "input.txt", "inputs"),
             **EVAL,
         },
-        ["--zca", "--overwrite", "--resume", "--whole-dataset", "--no-baseline"],
+        ["--zca", "--overwrite", "--resume", "--whole-dataset", "--no-baseline", "--yes"],
     ),
     "eval": (
         ["eval", "inputs/set.safetensors", *CHEAP_EVAL[:-1]],
@@ -110,7 +110,7 @@ SURFACES = {
             "--output": values("out", "input.txt", "inputs"),
             **EVAL,
         },
-        ["--whole-dataset", "--overwrite"],
+        ["--whole-dataset", "--overwrite", "--yes"],
     ),
     "experts": (
         ["experts", "--dataset", "digits", "--num-experts", "1", "--epochs", "1", "--batch-size", "512",
@@ -128,7 +128,7 @@ SURFACES = {
             "--device": DEVICES,
             "--threads": THREADS,
         },
-        ["--zca"],
+        ["--zca", "--yes"],
     ),
     "profile": (
         ["profile", "--methods", "tesla", "--dataset", "digits", "--steps", "1", "--batch-syn", "10", "--ipc", "1",
@@ -217,11 +217,31 @@ def attack(draw_options, surface: str):
     return args
 
 
+def outputs(workspace, args) -> list:
+    """What the command may write: ``out`` and every path given to ``--output``."""
+    return [workspace / "out", *(workspace / args[i + 1] for i, a in enumerate(args[:-1]) if a == "--output")]
+
+
 def check_attack(workspace, args, surface):
-    before = snapshot(workspace, skip=[workspace / "out"])
+    """The property; files in an existing folder named by ``--output`` may be added, never changed."""
+    named = outputs(workspace, args)
+    new, existing = [p for p in named if not p.exists()], [p.resolve() for p in named if p.exists()]
+    before = snapshot(workspace, skip=new)
     result = invoke(args, cwd=workspace)
     check_outcome(result, f"cli {surface}")
-    assert snapshot(workspace, skip=[workspace / "out"]) == before, f"{args} changed a file outside out/"
+    after = snapshot(workspace, skip=new)
+    changed = [name for name in before if after.get(name) != before[name]]
+    added = [n for n in after if n not in before and not any(e in (workspace / n).resolve().parents for e in existing)]
+    assert not changed and not added, f"{args} changed {changed} and added {added} outside its output"
+
+
+def reset_workspace(workspace, names) -> None:
+    """Remove what earlier examples wrote (every example starts from the same workspace)."""
+    import shutil
+
+    for path in workspace.iterdir():
+        if path.name not in names:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 EXAMPLES = {"run": 30, "eval": 15, "bench": 20, "experts": 15, "profile": 10, "plot": 10, "show": 10, "ls": 1}
@@ -231,12 +251,7 @@ def _fuzz_test(surface: str):
     @fuzz_settings(EXAMPLES[surface])
     @given(data=st.data())
     def test(workspace, data):
-        for leftover in ("out",):  # every example starts from the same workspace
-            path = workspace / leftover
-            if path.is_dir():
-                import shutil
-
-                shutil.rmtree(path)
+        reset_workspace(workspace, {"input.txt", "inputs"})
         args = attack(data.draw, surface)
         check_attack(workspace, args, surface)
         torch.set_num_threads(1)  # --threads changes the process's torch threads

@@ -42,7 +42,7 @@ def write_lock(run_dir, pid, host=None, age_s=0.0):
 def test_a_second_run_into_the_same_output_is_refused_naming_the_owner(fork_server, tmp_path):
     out = tmp_path / "run"
     long_dm = ["run", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--iterations", "100000", "--set",
-               "batch_real=8", "--no-progress", "--output", out]  # fmt: skip
+               "batch_real=8", "--no-progress", "--yes", "--output", out]  # fmt: skip
     first = fork_server.start(long_dm, tmp_path, {}, tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 120
