@@ -59,7 +59,8 @@ def write_error(path: Path, exc: OSError, size_bytes: int | None) -> UserError:
         free = ""
     return UserError(
         f"cannot write {str(path)!r}: {reason} ({need}{free}). Nothing was replaced: the previous "
-        f"{path.name}, if any, is intact. Free some space (or choose another --output) and run the same command again."
+        f"{path.name}, if any, is intact. Free some space (or choose another --output) and run the command again "
+        "(with --resume where it left a checkpoint)."
     )
 
 

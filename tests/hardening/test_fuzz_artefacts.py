@@ -162,7 +162,7 @@ def cifar_files():
     return files
 
 
-@fuzz_settings(25)
+@fuzz_settings(20)
 @given(data=st.data())
 def test_mutated_cifar_batches(tmp_path, cifar_files, data):
     target = data.draw(st.sampled_from(sorted(cifar_files)))

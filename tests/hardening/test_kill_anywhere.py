@@ -43,7 +43,7 @@ class Surface:
 
     name = ""
     kill_in_write = 2
-    plan = ("write", "time", "time", "time")
+    plan = ("write", "time", "time")
 
     def __init__(self, root: Path) -> None:
         self.root = root
