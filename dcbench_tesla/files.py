@@ -57,10 +57,11 @@ def write_error(path: Path, exc: OSError, size_bytes: int | None) -> UserError:
         free = f", {human_bytes(shutil.disk_usage(path.parent).free)} free there"
     except OSError:
         free = ""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    fix = "Free some space (or choose another --output)" if full else "Choose a place you can write to (--output)"
     return UserError(
         f"cannot write {str(path)!r}: {reason} ({need}{free}). Nothing was replaced: the previous "
-        f"{path.name}, if any, is intact. Free some space (or choose another --output) and run the command again "
-        "(with --resume where it left a checkpoint)."
+        f"{path.name}, if any, is intact. {fix} and run the command again (with --resume where it left a checkpoint)."
     )
 
 
