@@ -15,6 +15,14 @@ from dcbench_tesla.errors import UserError
 #: Most torch intra-op threads a run may ask for (far above any machine's cores; it only
 #: stops values that crash the native thread pools).
 MAX_THREADS = 1024
+#: Bounds of the counts and values every boundary (CLI options, presets, method options) accepts:
+#: far above any real run, low enough that no value overflows torch or numpy or runs "forever".
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch accepts it too
+MAX_IPC = 100_000
+MAX_ITERATIONS = 10_000_000
+MAX_MODELS = 1_000
+MAX_EPOCHS = 100_000
+MAX_EVAL_LR = 10.0
 
 
 def _as_number(value: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -16,6 +17,8 @@ from typing import Any
 
 from dcbench_tesla.errors import UserError
 
+#: Largest integer option value (int64): a method's own Config bounds its counts further.
+_MAX_INT = 2**63 - 1
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -27,12 +30,15 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
             return None
+        if len(args) == 1:  # Optional[X]: X's own message
+            return _coerce(value, args[0], key, owner)
         for arg in args:
             try:
                 return _coerce(value, arg, key, owner)
             except UserError:
                 continue
-        raise UserError(f"{owner}: option {key!r} got {value!r}, expected one of {args}")
+        names = ", ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise UserError(f"{owner}: option {key!r} got {value!r}, expected one of: {names} or none")
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
@@ -49,17 +55,25 @@ def _coerce(value: Any, annotation: Any, key: str, owner: str) -> Any:
         if annotation is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
-            return int(value)
+            number = int(value)
+            if abs(number) > _MAX_INT:
+                raise ValueError(value)
+            return number
         if annotation is float:
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         if annotation is str:
             if not isinstance(value, str):
                 raise ValueError(value)
             return value
-    except (TypeError, ValueError) as exc:
-        name = getattr(annotation, "__name__", str(annotation))
+    except (TypeError, ValueError, OverflowError) as exc:
+        name = {int: f"int (at most {_MAX_INT} in size)", float: "float (finite)"}.get(
+            annotation, getattr(annotation, "__name__", str(annotation))
+        )
         raise UserError(f"{owner}: option {key!r} must be {name}, got {value!r}") from exc
     return value
 
@@ -81,7 +95,7 @@ def build_options(config_cls: type, values: dict[str, Any], owner: str) -> Any:
     coerced = {key: _coerce(val, hints[key], key, owner) for key, val in values.items()}
     try:
         return config_cls(**coerced)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, UserError) as exc:  # the Config's own checks (ranges, names)
         raise UserError(f"{owner}: {exc}") from exc
 
 
@@ -94,16 +108,15 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
+    if path.suffix.lower() not in (".toml", ".json"):
+        raise UserError(f"config file {str(path)!r}: use a .json or .toml file")
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise UserError(f"config file {str(path)!r}: use a .json or .toml file")
-    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"config file {str(path)!r} is malformed: {exc}") from exc
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise UserError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        raise UserError(f"config file {str(path)!r} is malformed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
         raise UserError(f"config file {str(path)!r} must hold a flat mapping of option = value")
     return data

@@ -9,19 +9,34 @@ ipc, iteration and package versions. Everything ``dcbench eval`` needs travels i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from dcbench_tesla.checks import is_finite
 from dcbench_tesla.data import Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.files import read_tensor_file, write_tensor_file
+from dcbench_tesla.files import (
+    check_format,
+    is_int,
+    is_names,
+    is_number,
+    is_object,
+    meta_field,
+    normalisation_fields,
+    note,
+    read_tensor_file,
+    write_tensor_file,
+)
 
 FORMAT = "dcbench-tesla/synthetic-set"
 FORMAT_VERSION = 1
+#: How far the rows of soft labels may sum from 1 (float16 or bfloat16 files round them).
+SOFT_LABEL_SUM_ATOL = 1e-2
 
 
 @dataclass
@@ -70,26 +85,53 @@ class SyntheticSet:
         """Class index of every image (argmax for soft labels)."""
         return self.labels.argmax(dim=1) if self.label_kind == "soft" else self.labels
 
-    def validate(self) -> None:
-        """Check shapes and values; raise UserError on anything inconsistent."""
-        n = self.images.shape[0]
+    def validate(self, where: str = "synthetic set") -> None:
+        """Check shapes and values; raise UserError on anything inconsistent.
+
+        Images: a finite float (N, C, H, W) tensor. Labels: (N,) int64 class indices below the
+        class count, or (N, K) float probabilities (non-negative, each row summing to 1 within
+        ``SOFT_LABEL_SUM_ATOL``). Learned lr: positive and finite.
+
+        Args:
+            where: How messages name the set (the file, when loading one).
+        """
+        n = self.images.shape[0] if self.images.ndim else 0
         if self.images.ndim != 4 or not self.images.is_floating_point():
             raise UserError(
-                f"synthetic set: images must be a float (N, C, H, W) tensor, got {tuple(self.images.shape)}"
+                f"{where}: images must be a float (N, C, H, W) tensor, got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
             )
+        if n == 0:
+            raise UserError(f"{where}: the set holds no images")
+        if self.labels.ndim == 0:
+            raise UserError(f"{where}: labels must be (N,) or (N, K), got a scalar")
         if self.labels.shape[0] != n:
-            raise UserError(f"synthetic set: {n} images but {self.labels.shape[0]} labels")
-        if self.label_kind == "soft" and (self.labels.ndim != 2 or self.labels.shape[1] != self.num_classes):
+            raise UserError(f"{where}: {n} images but {self.labels.shape[0]} labels")
+        if self.label_kind == "soft":
+            if self.labels.ndim != 2 or self.labels.shape[1] != self.num_classes:
+                raise UserError(f"{where}: soft labels must be (N, {self.num_classes}), got {tuple(self.labels.shape)}")
+        elif self.labels.dtype != torch.int64 or self.labels.ndim != 1:
             raise UserError(
-                f"synthetic set: soft labels must be (N, {self.num_classes}), got {tuple(self.labels.shape)}"
+                f"{where}: hard labels must be an int64 (N,) tensor of class indices, got {self.labels.dtype} "
+                f"{tuple(self.labels.shape)}"
             )
-        if self.label_kind == "hard":
-            if self.labels.ndim != 1 or (n and (self.labels.min() < 0 or self.labels.max() >= self.num_classes)):
-                raise UserError(f"synthetic set: hard labels must be (N,) class indices below {self.num_classes}")
+        elif self.labels.min() < 0 or self.labels.max() >= self.num_classes:
+            raise UserError(
+                f"{where}: hard labels span {int(self.labels.min())}..{int(self.labels.max())}, "
+                f"expected class indices 0..{self.num_classes - 1}"
+            )
         if not is_finite(self.images) or not is_finite(self.labels):
-            raise UserError("synthetic set: images or labels contain NaN or inf")
+            raise UserError(f"{where}: images or labels contain NaN or inf")
+        if self.label_kind == "soft":
+            sums = self.labels.double().sum(dim=1)
+            if bool((self.labels < 0).any()) or float((sums - 1).abs().max()) > SOFT_LABEL_SUM_ATOL:
+                raise UserError(
+                    f"{where}: soft labels must be probabilities (non-negative, each row summing to 1), "
+                    f"got values {float(self.labels.min()):.4g}..{float(self.labels.max()):.4g} and row sums "
+                    f"{float(sums.min()):.4g}..{float(sums.max()):.4g}"
+                )
         if self.lr is not None and not (self.lr > 0 and is_finite(self.lr)):
-            raise UserError(f"synthetic set: learned lr must be positive and finite, got {self.lr}")
+            raise UserError(f"{where}: learned lr must be positive and finite, got {self.lr}")
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata written into the file."""
@@ -122,50 +164,104 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, path: Path | str) -> SyntheticSet:
-        """Read a set written by :meth:`save`.
+        """Read a set written by :meth:`save`, checking everything it holds.
+
+        Safe conversions are made with a note on stderr: float16/bfloat16/float64 images and soft
+        labels become float32, uint8/int8/int16/int32 hard labels become int64.
 
         Raises:
-            UserError: a missing file, a file that is not safetensors (a pickle, a
-                truncated file, ...), or a safetensors file that is not a dcbench set.
+            UserError: a missing file, a file that is not safetensors (a pickle, a truncated file,
+                ...), a safetensors file that is not a dcbench set, or a field (tensor or metadata)
+                of the wrong type, shape or value: the message names the file, the field, what was
+                found and what was expected.
         """
         path = Path(path)
         tensors, meta = read_tensor_file(path, what="synthetic set")
-        if meta.get("format") != FORMAT:
-            raise UserError(
-                f"{str(path)!r} is a safetensors file but not a dcbench synthetic set "
-                f"(format {meta.get('format')!r}); write sets with 'dcbench run' or SyntheticSet.save"
-            )
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(
-                f"{str(path)!r} has format version {meta['format_version']}; upgrade dcbench-tesla to read it"
-            )
+        check_format(
+            meta,
+            path,
+            "dcbench synthetic set",
+            FORMAT,
+            FORMAT_VERSION,
+            "write sets with 'dcbench run' or SyntheticSet.save",
+        )
+        where = repr(str(path))
         missing = {"images", "labels"} - set(tensors)
         if missing:
-            raise UserError(f"{str(path)!r} is missing tensors {sorted(missing)}")
-        try:
-            norm = meta["normalisation"]
-            zca = None
-            if norm["kind"] == "zca":
-                zca = ZCAState(
-                    mean=tensors["zca_mean"],
-                    matrix=tensors["zca_matrix"],
-                    eps=float(meta.get("zca_eps") or 0.1),
-                )
-            syn = cls(
-                images=tensors["images"],
-                labels=tensors["labels"],
-                dataset=str(meta["dataset"]),
-                classes=[str(c) for c in meta["classes"]],
-                preprocessing=Preprocessing(mean=tuple(norm["mean"]), std=tuple(norm["std"]), zca=zca),
-                lr=None if meta.get("lr") is None else float(meta["lr"]),
-                ipc=int(meta.get("ipc", 0)),
-                seed=int(meta.get("seed", 0)),
-                method=dict(meta.get("method", {})),
-                config=dict(meta.get("config", {})),
-                iteration=int(meta.get("iteration", 0)),
-                extra=dict(meta.get("extra", {})),
+            raise UserError(f"{where} is missing tensors {sorted(missing)}")
+        images = _as_float32(tensors["images"], path, "images")
+        labels = tensors["labels"]
+        if labels.is_floating_point():
+            labels = _as_float32(labels, path, "labels")
+        elif labels.dtype in _SAFE_LABEL_DTYPES:
+            note(f"{str(path)!r}: labels converted from {labels.dtype} to int64")
+            labels = labels.to(torch.int64)
+        elif labels.dtype != torch.int64:
+            raise UserError(
+                f"{where}: tensor 'labels' is {labels.dtype}, expected int64 class indices or float32 soft labels"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{str(path)!r}: corrupt synthetic-set metadata ({type(exc).__name__}: {exc})") from exc
-        syn.validate()
+        classes = meta_field(meta, "classes", "a non-empty list of class names (strings)", is_names, where)
+        kind, mean, std = normalisation_fields(meta, where)
+        label_kind = meta_field(meta, "label_kind", "'hard' or 'soft'", lambda v: v in ("hard", "soft"), where, None)
+        if label_kind is not None and label_kind != ("soft" if labels.is_floating_point() else "hard"):
+            raise UserError(f"{where}: field 'label_kind' is {label_kind!r} but tensor 'labels' is {labels.dtype}")
+        zca = None
+        if kind == "zca":
+            eps = meta_field(meta, "zca_eps", "a positive number", lambda v: is_number(v) and v > 0, where, 0.1)
+            zca = ZCAState(
+                mean=_zca_tensor(tensors, path, "zca_mean"), matrix=_zca_tensor(tensors, path, "zca_matrix"), eps=eps
+            )
+            dims = math.prod(images.shape[1:]) if images.ndim == 4 else -1
+            if tuple(zca.mean.shape) != (dims,) or tuple(zca.matrix.shape) != (dims, dims):
+                raise UserError(
+                    f"{where}: ZCA tensors of shapes {tuple(zca.mean.shape)} and {tuple(zca.matrix.shape)} "
+                    f"do not fit images of {tuple(images.shape[1:])} (expected ({dims},) and ({dims}, {dims}))"
+                )
+        elif images.ndim == 4 and images.shape[1] != len(mean):
+            raise UserError(
+                f"{where}, normalisation: {len(mean)} channel means for images of {images.shape[1]} channels"
+            )
+        is_count = lambda v: is_int(v) and v >= 0  # noqa: E731
+        syn = cls(
+            images=images,
+            labels=labels,
+            dataset=meta_field(meta, "dataset", "a dataset name (string)", lambda v: isinstance(v, str), where),
+            classes=list(classes),
+            preprocessing=Preprocessing(mean=tuple(mean), std=tuple(std), zca=zca),
+            lr=meta_field(
+                meta, "lr", "a positive finite number or null", lambda v: is_number(v) and v > 0, where, None
+            ),
+            ipc=meta_field(meta, "ipc", "an integer >= 0", is_count, where, 0),
+            seed=meta_field(meta, "seed", "an integer >= 0", is_count, where, 0),
+            method=dict(meta_field(meta, "method", "an object", is_object, where, {})),
+            config=dict(meta_field(meta, "config", "an object", is_object, where, {})),
+            iteration=meta_field(meta, "iteration", "an integer >= 0", is_count, where, 0),
+            extra=dict(meta_field(meta, "extra", "an object", is_object, where, {})),
+        )
+        if syn.lr is not None:
+            syn.lr = float(syn.lr)
+        syn.validate(where)
         return syn
+
+
+#: Hard-label dtypes converted to int64 on load (with a note); bool and unsigned wider types are refused.
+_SAFE_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
+
+def _as_float32(tensor: Tensor, path: Path, name: str) -> Tensor:
+    """A floating tensor as float32 (float16/bfloat16/float64 converted with a note); anything else refused."""
+    if tensor.dtype == torch.float32:
+        return tensor
+    if not tensor.is_floating_point():
+        raise UserError(f"{str(path)!r}: tensor {name!r} is {tensor.dtype}, expected float32")
+    note(f"{str(path)!r}: {name} converted from {tensor.dtype} to float32")
+    return tensor.to(torch.float32)
+
+
+def _zca_tensor(tensors: dict[str, Tensor], path: Path, name: str) -> Tensor:
+    if name not in tensors:
+        raise UserError(f"{str(path)!r}: ZCA normalisation but no tensor {name!r}")
+    tensor = _as_float32(tensors[name], path, name)
+    if not is_finite(tensor):
+        raise UserError(f"{str(path)!r}: tensor {name!r} contains NaN or inf")
+    return tensor

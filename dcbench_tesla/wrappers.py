@@ -196,12 +196,18 @@ class Checkpoint(Wrapper):
         from dcbench_tesla.state_io import load_state
 
         state = load_state(self.path)
-        if json.dumps(state.get("identity"), sort_keys=True) != json.dumps(self.identity, sort_keys=True):
+        if json.dumps(state.get("identity"), sort_keys=True, default=str) != json.dumps(self.identity, sort_keys=True):
             raise UserError(
                 f"checkpoint {str(self.path)!r} belongs to another run ({state.get('identity')}); "
                 "resume with the same method, dataset, --ipc, --seed and options, or start a new --output"
             )
-        return restore_episode(self.env, state)
+        try:
+            return restore_episode(self.env, state)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise UserError(
+                f"checkpoint {str(self.path)!r} is corrupt or does not fit this run ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); start again without --resume (pass --overwrite)"
+            ) from exc
 
 
 class EvaluateEvery(Wrapper):

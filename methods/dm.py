@@ -13,6 +13,7 @@ never touched, so a run is reproducible and a resumed run is bitwise identical o
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,9 +22,10 @@ import torch
 from torch import Tensor
 
 from dcbench_tesla import ConfigCard, Dataset, Distiller, MethodSpec, SyntheticSet, UserError
+from dcbench_tesla.checks import MAX_ITERATIONS
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.data.augment import DSA
-from dcbench_tesla.models import build_model
+from dcbench_tesla.models import MODELS, build_model
 
 _SEED_BOUND = 2**31 - 1
 
@@ -85,14 +87,17 @@ class DMConfig:
     init: Literal["real", "noise"] = "real"
 
     def __post_init__(self) -> None:
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.lr_img is not None and not self.lr_img > 0:
-            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
+        if not 0 <= self.iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations must be within 0..{MAX_ITERATIONS}, got {self.iterations}")
+        if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):
+            raise ValueError(f"lr_img must be positive and finite, got {self.lr_img}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.batch_real < 1:
             raise ValueError(f"batch_real must be >= 1, got {self.batch_real}")
+        DSA(self.dsa_strategy)  # an unknown family is a ValueError naming the families
+        if self.model is not None:
+            MODELS.get(self.model)  # an unknown model is a UserError with suggestions
 
 
 def default_lr_img(ipc: int) -> float:

@@ -13,6 +13,7 @@ updates them. ``syn_lr`` is kept at least ``min_syn_lr``; a NaN or inf stops the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,12 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcbench_tesla import ConfigCard, Dataset, Distiller, MethodSpec, SyntheticSet
+from dcbench_tesla.checks import MAX_ITERATIONS
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.evaluation import random_real_subset
 from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
-from dcbench_tesla.models import build_model
+from dcbench_tesla.models import MODELS, build_model
 
 _TEACHER_CHUNK = 500  # images per teacher forward: bounds SLA's activation memory at large IPC
 # Image-steps per image of one inner step: the unrolled or first-order pass (1) plus the replay
@@ -86,8 +88,11 @@ class TrajectoryMatchingConfig:
     experts_dir: str | None = None
 
     def __post_init__(self) -> None:
+        rates = (self.lr_img, self.lr_lr, self.lr_label, self.lr_teacher, self.min_syn_lr, self.momentum)
+        if not all(math.isfinite(rate) for rate in rates):
+            raise ValueError("learning rates and momentum must be finite numbers")
         checks = {
-            "iterations": self.iterations >= 0,
+            "iterations": 0 <= self.iterations <= MAX_ITERATIONS,
             "syn_steps": self.syn_steps >= 1,
             "expert_epochs": self.expert_epochs >= 1,
             "max_start_epoch": self.max_start_epoch >= 1,
@@ -98,8 +103,14 @@ class TrajectoryMatchingConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid value for {', '.join(bad)} (counts and learning rates must be positive)")
+            raise ValueError(
+                f"invalid value for {', '.join(bad)} (counts and learning rates must be positive, "
+                f"iterations at most {MAX_ITERATIONS})"
+            )
         ENGINES.get(self.engine)  # an unknown engine is a UserError with suggestions
+        DSA(self.dsa_strategy)  # an unknown family is a ValueError naming the families
+        if self.model is not None:
+            MODELS.get(self.model)  # an unknown model is a UserError with suggestions
 
 
 class SyntheticBatches:

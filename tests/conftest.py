@@ -1,11 +1,27 @@
-"""Test configuration: one torch thread, deterministic seeds, an isolated cache."""
+"""Test configuration: one torch thread, deterministic seeds, an isolated cache, the hardening tally.
+
+``pytest --hypothesis-profile=long`` runs every fuzz surface twenty times deeper (see
+``tests/attack_tally.py``); the default is a fixed, derandomised example count per surface.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from attack_tally import LONG_EXAMPLES, summary_lines
+from hypothesis import settings
 
 torch.set_num_threads(1)
+settings.register_profile("long", max_examples=LONG_EXAMPLES, deadline=None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many attacks the hardening suites ran on each surface and how they ended."""
+    lines = summary_lines()
+    if lines:
+        terminalreporter.write_sep("-", "hardening: attacks per surface (tests/hardening)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

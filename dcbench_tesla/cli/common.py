@@ -12,16 +12,16 @@ from typing import Any
 
 import click
 
+from dcbench_tesla.checks import (  # the bounds, said in the help of the options that use them
+    MAX_EPOCHS,
+    MAX_EVAL_LR,
+    MAX_IPC,
+    MAX_ITERATIONS,
+    MAX_MODELS,
+    MAX_SEED,
+    MAX_THREADS,
+)
 from dcbench_tesla.errors import UserError
-
-#: Bounds said in the help of the options that use them.
-MAX_SEED = 2**32 - 1
-MAX_IPC = 100_000
-MAX_ITERATIONS = 10_000_000
-MAX_MODELS = 1_000
-MAX_EPOCHS = 100_000
-MAX_THREADS = 1024
-MAX_EVAL_LR = 10.0
 
 
 class CliError(click.ClickException):
@@ -33,9 +33,12 @@ class CliError(click.ClickException):
 
 
 def as_cli_error(exc: BaseException) -> CliError:
-    """The one adapter: a UserError, a bad parameter or Ctrl-C as a one-line CLI error."""
+    """The one adapter: a UserError, a bad parameter or Ctrl-C as a one-line CLI error.
+
+    A message that quotes a multi-line text (a library's exception) is joined into one line.
+    """
     if isinstance(exc, UserError):
-        return CliError(str(exc), exc.exit_code)
+        return CliError(" ".join(line.strip() for line in str(exc).splitlines() if line.strip()), exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         return CliError("interrupted (Ctrl-C); nothing half-written is left behind", 130)
     if isinstance(exc, click.UsageError):
@@ -91,9 +94,12 @@ class Bounded(click.ParamType):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         below = number <= self.low if self.open_low else number < self.low
         if below or number > self.high:
-            low = f"above {self.low:g}" if self.open_low else f"at least {self.low:g}"
-            self.fail(f"must be {low} and at most {self.high:g}, got {value}", param, ctx)
+            low = f"above {self._show(self.low)}" if self.open_low else f"at least {self._show(self.low)}"
+            self.fail(f"must be {low} and at most {self._show(self.high)}, got {value}", param, ctx)
         return number
+
+    def _show(self, bound: float) -> str:
+        return str(int(bound)) if self.kind is int else f"{bound:g}"
 
 
 SEED = Bounded(int, 0, MAX_SEED)
@@ -122,11 +128,11 @@ def parse_list(value: str | None, flag: str) -> list[str] | None:
     return items
 
 
-def parse_ints(value: str | None, flag: str, low: int = 1) -> list[int] | None:
+def parse_ints(value: str | None, flag: str, low: int = 1, high: int = MAX_IPC) -> list[int] | None:
     """``"1,10,50"`` -> ``[1, 10, 50]``.
 
     Raises:
-        UserError: an entry that is not an integer of at least ``low``.
+        UserError: an entry that is not an integer within ``low..high``.
     """
     items = parse_list(value, flag)
     if items is None:
@@ -135,8 +141,9 @@ def parse_ints(value: str | None, flag: str, low: int = 1) -> list[int] | None:
         numbers = [int(v) for v in items]
     except ValueError:
         numbers = []
-    if not numbers or any(n < low for n in numbers):
-        raise UserError(f"{flag} expects a comma-separated list of positive integers, got {value!r}")
+    if not numbers or any(not low <= n <= high for n in numbers):
+        kind = "positive integers" if low == 1 else "integers"
+        raise UserError(f"{flag} expects a comma-separated list of {kind} ({low}..{high}), got {value!r}")
     return numbers
 
 

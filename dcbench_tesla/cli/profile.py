@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ def parse_steps(value: str) -> list[int]:
             raise UserError(
                 f"--steps: {item!r} is not a positive integer or a range start:stop[:step] (e.g. 1,10:100:10)"
             ) from None
+        if any(n > MAX_STEPS for n in numbers[:2]):
+            raise UserError(f"--steps: {item!r} goes beyond {MAX_STEPS} steps")
         if len(numbers) == 1:
             steps.add(numbers[0])
         elif len(numbers) in (2, 3):
@@ -71,14 +74,43 @@ def _check_methods(methods: list[str]) -> None:
             )
 
 
-_OUR_FILES = ("profile.csv", "profile.md", "provenance.json", "figure2_*.png", "figure3*.png", "points/*.json")
+#: Largest matching-step count ``--steps`` accepts.
+MAX_STEPS = 100_000
+_OUR_FILES = (
+    "profile.csv",
+    "profile.md",
+    "provenance.json",
+    "sweep.json",
+    "figure2_*.png",
+    "figure3*.png",
+    "points/*.json",
+)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
+def _check_output(output: Path, overwrite: bool, settings: dict[str, Any]) -> bool:
+    """Check ``--output`` can take this sweep; True when it holds an interrupted sweep of the same settings.
+
+    Raises:
+        UserError: not a directory, another sweep's results, or files that are not a sweep (without
+            ``overwrite``).
+    """
+    from dcbench_tesla.files import user_files
+    from dcbench_tesla.profiling.sweep import SWEEP_NAME
+
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {str(output)!r} exists and is not a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UserError(f"--output {str(output)!r} is not empty; pass --overwrite to replace its files")
+    if overwrite or not user_files(output):  # (temporaries of a killed write do not count)
+        return False
+    try:
+        earlier = json.loads((output / SWEEP_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise UserError(f"--output {str(output)!r} is not empty; pass --overwrite to replace its files") from None
+    if not isinstance(earlier, dict) or earlier.get("settings") != json.loads(json.dumps(settings)):
+        raise UserError(
+            f"--output {str(output)!r} holds a sweep of other settings ({SWEEP_NAME}); choose another --output, "
+            "or pass --overwrite to replace its files"
+        )
+    return True
 
 
 def _clear_previous(output: Path) -> None:
@@ -151,7 +183,9 @@ def default_output(datasets: list[str], device: str) -> Path:
     help="Per-point time limit, seconds.",
 )
 @click.option("--output", type=PATH, default=None, help="Output directory [profiles/<datasets>-<device>].")
-@click.option("--overwrite", is_flag=True, help="Write into a non-empty --output.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the files in a non-empty --output (the same command resumes without it)."
+)
 def profile_command(**kw: Any) -> None:
     """Sweep methods x dataset shapes x inner steps; write CSV, Markdown tables and figures.
 
@@ -161,8 +195,9 @@ def profile_command(**kw: Any) -> None:
     """
     from dcbench_tesla.checks import resolve_device
     from dcbench_tesla.data import dataset_spec
+    from dcbench_tesla.files import write_json_atomic
     from dcbench_tesla.profiling.standins import RANDOM_STANDIN_NOTE
-    from dcbench_tesla.profiling.sweep import plan_points, run_sweep
+    from dcbench_tesla.profiling.sweep import SWEEP_NAME, plan_points, run_sweep
 
     methods = parse_list(kw["methods"], "--methods")
     if kw["dataset"] and kw["datasets"]:
@@ -185,7 +220,6 @@ def profile_command(**kw: Any) -> None:
             )
     device = str(resolve_device(kw["device"]))
     output: Path = kw["output"] or default_output(datasets, device)
-    _check_output(output, kw["overwrite"])
 
     points = plan_points(
         methods,
@@ -211,10 +245,13 @@ def profile_command(**kw: Any) -> None:
         "threads": kw["threads"],
         "seed": kw["seed"],
     }
+    resume = _check_output(output, kw["overwrite"], settings)
     command = _command_line(click.get_current_context(), kw)
     if kw["overwrite"] and output.is_dir():
         _clear_previous(output)
-    click.echo(f"profiling {len(points)} points into {output} (each in a fresh process)")
+    write_json_atomic(output / SWEEP_NAME, {"settings": settings, "command": command})
+    state = "resuming the interrupted sweep in" if resume else "into"
+    click.echo(f"profiling {len(points)} points {state} {output} (each in a fresh process)")
     click.echo(RANDOM_STANDIN_NOTE)
     frame = run_sweep(
         points,
@@ -224,6 +261,7 @@ def profile_command(**kw: Any) -> None:
         timeout_s=kw["timeout_s"],
         echo=click.echo,
         table_steps=kw["table_steps"],
+        resume=resume,
     )
     counts = frame["status"].value_counts().to_dict()
     click.echo(f"done: {counts}; see {output / 'profile.md'}")

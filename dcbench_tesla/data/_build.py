@@ -52,6 +52,27 @@ def corrupt_error(spec: DatasetSpec, path: Path, reason: object) -> UserError:
     )
 
 
+def integer_labels(spec: DatasetSpec, path: Path, key: str, values: object) -> np.ndarray:
+    """Labels read from a dataset file as a 1-D int64 array.
+
+    Integer arrays and lists of ints of any width are converted; anything else (strings, floats,
+    bools, nested lists) is refused naming the file, the entry, what was found and what was expected.
+
+    Raises:
+        UserError: labels that are not integers.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise corrupt_error(spec, path, f"{key!r} is not an array of integer labels ({exc})") from exc
+    if array.ndim != 1 or array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        sample = repr(array.reshape(-1)[:1].tolist()[0])[:40] if array.size else "nothing"
+        raise corrupt_error(
+            spec, path, f"{key!r} holds {array.dtype} {tuple(array.shape)} (e.g. {sample}), expected 1-D integer labels"
+        )
+    return array.astype(np.int64)
+
+
 def to_unit_float(images: np.ndarray | Tensor) -> Tensor:
     """(N, C, H, W) uint8 (0..255) or float (already in [0, 1]) -> float32 tensor in [0, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
@@ -115,6 +136,8 @@ def build_dataset(
             )
         if x.shape[0] != y.shape[0]:
             raise UserError(f"dataset {spec.name!r} ({source}): {x.shape[0]} {split} images but {y.shape[0]} labels")
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"dataset {spec.name!r} ({source}): {split} images contain NaN or inf pixels")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise UserError(
                 f"dataset {spec.name!r} ({source}): {split} labels span {int(y.min())}..{int(y.max())}, "

@@ -107,11 +107,11 @@ def _read(spec: DatasetSpec, path: Path, keys: tuple[str, ...]) -> dict[str, Any
 
 
 def _images_labels(spec: DatasetSpec, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    from dcbench_tesla.data._build import corrupt_error
+    from dcbench_tesla.data._build import corrupt_error, integer_labels
 
     batch = _read(spec, path, ("data", label_key))
     data = batch["data"]
-    labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    labels = integer_labels(spec, path, label_key, batch[label_key])
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         raise corrupt_error(spec, path, f"'data' is {type(data).__name__} {shape}, expected uint8 (N, 3072)")
@@ -149,6 +149,10 @@ def _load(
     folder = locate(Path(root), folder_name, spec)
     _check_files(spec, folder, (*train_files, test_file, meta_file))
     meta = _read(spec, folder / meta_file, (names_key,))
+    if not isinstance(meta[names_key], list | tuple):
+        raise corrupt_error(
+            spec, folder / meta_file, f"{names_key!r} is {type(meta[names_key]).__name__}, expected a list"
+        )
     classes = [_text(c) for c in meta[names_key]]
     if len(classes) != spec.num_classes:
         raise corrupt_error(spec, folder / meta_file, f"{len(classes)} class names, expected {spec.num_classes}")

@@ -42,9 +42,9 @@ def _npz_array(spec: DatasetSpec, path: Path, key: str, rows: np.ndarray | None 
 
 
 def _labels(spec: DatasetSpec, path: Path) -> np.ndarray:
-    from dcbench_tesla.data._build import corrupt_error
+    from dcbench_tesla.data._build import corrupt_error, integer_labels
 
-    labels = _npz_array(spec, path, "labels").astype(np.int64).reshape(-1) - 1
+    labels = integer_labels(spec, path, "labels", _npz_array(spec, path, "labels")) - 1
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise corrupt_error(spec, path, f"labels span {labels.min() + 1}..{labels.max() + 1}, expected 1..1000")
     return labels

@@ -19,6 +19,7 @@ import torch
 from dcbench_tesla.data import DATASETS, Dataset, Preprocessing, dataset_spec
 from dcbench_tesla.data.augment import DEFAULT_STRATEGY, DSA
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.files import human_bytes
 from dcbench_tesla.matching.problem import FlatParams
 from dcbench_tesla.models import build_model
 
@@ -231,18 +232,6 @@ def layout_numel(layout: dict[str, Any]) -> int:
 def storage_bytes(num_experts: int, epochs: int, num_params: int) -> int:
     """Bytes of float32 trajectories: ``num_experts * (epochs + 1) * num_params * 4``."""
     return int(num_experts) * (int(epochs) + 1) * int(num_params) * 4
-
-
-def human_bytes(n: float) -> str:
-    """``"58.1 MiB"``, ``"2.37 GiB"``, ``"1003 MiB"``: binary units, about three significant digits."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    for unit in units:
-        if abs(n) < 1024 or unit == units[-1]:
-            break
-        n /= 1024
-    if unit == "B" or abs(n) >= 100:
-        return f"{n:.0f} {unit}"
-    return f"{n:.2f} {unit}" if abs(n) < 10 else f"{n:.1f} {unit}"
 
 
 __all__ = [

@@ -17,6 +17,7 @@ read without unpickling.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -28,7 +29,18 @@ from torch import Tensor
 from dcbench_tesla.data import Dataset, Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.experts.config import ExpertConfig, human_bytes, layout_numel, storage_bytes
-from dcbench_tesla.files import read_tensor_file, write_tensor_file
+from dcbench_tesla.files import (
+    check_format,
+    is_int,
+    is_names,
+    is_number,
+    is_object,
+    meta_field,
+    normalisation_fields,
+    note,
+    read_tensor_file,
+    write_tensor_file,
+)
 
 MANIFEST = "manifest.safetensors"
 FORMAT = "dcbench-tesla/experts"
@@ -93,6 +105,99 @@ def write_expert(directory: Path, index: int, trajectory: Tensor, metadata: dict
     """Write one expert's ``(epochs + 1, P)`` trajectory and metadata atomically."""
     meta = {"format": EXPERT_FORMAT, "format_version": FORMAT_VERSION, "index": int(index), **metadata}
     return write_tensor_file(Path(directory) / expert_filename(index), {"trajectory": trajectory.float()}, meta)
+
+
+def validate_manifest(meta: dict[str, Any], tensors: dict[str, Tensor], path: Path) -> ZCAState | None:
+    """Check a manifest's format, version, metadata types and ZCA tensors; return its ZCA state.
+
+    Raises:
+        UserError: naming the file, the field, what was found and what was expected.
+    """
+    check_format(meta, path, "dcbench expert manifest", FORMAT, FORMAT_VERSION)
+    where = repr(str(path))
+    meta_field(meta, "config", "an object (the ExpertConfig)", is_object, where)
+    meta_field(meta, "key", "a string", _is_str, where)
+    meta_field(meta, "dataset", "a dataset name (string)", _is_str, where)
+    meta_field(meta, "classes", "a non-empty list of class names (strings)", is_names, where)
+    shape = meta_field(meta, "image_shape", "[channels, height, width] (positive integers)", _is_image_shape, where)
+    layout = meta_field(meta, "layout", "an object with names and shapes", is_object, where)
+    names = meta_field(layout, "names", "a non-empty list of parameter names", is_names, f"{where}, layout")
+    shapes = meta_field(
+        layout, "shapes", "a list of parameter shapes (lists of integers >= 0)", _is_shapes, f"{where}, layout"
+    )
+    if len(names) != len(shapes):
+        raise UserError(f"{where}, layout: {len(names)} parameter names but {len(shapes)} shapes")
+    numel = sum(math.prod(s) for s in shapes)
+    meta_field(meta, "num_params", f"{numel} (the layout's size)", lambda v: v == numel, where, None)
+    meta_field(meta, "origin", "an object", is_object, where, None)
+    kind, _, _ = normalisation_fields(meta, where)
+    norm = meta["normalisation"]
+    eps = meta_field(
+        norm, "zca_eps", "a positive number or null", lambda v: is_number(v) and v > 0, f"{where}, normalisation", None
+    )
+    if kind != "zca":
+        return None
+    if not {"zca_mean", "zca_matrix"} <= set(tensors):
+        raise UserError(f"{where}: ZCA experts but the manifest lacks the ZCA tensors")
+    dims = math.prod(shape)
+    zca = ZCAState(mean=tensors["zca_mean"], matrix=tensors["zca_matrix"], eps=float(eps or 0.1))
+    for name, tensor, expected in (("zca_mean", zca.mean, (dims,)), ("zca_matrix", zca.matrix, (dims, dims))):
+        if tensor.dtype != torch.float32 or tuple(tensor.shape) != expected or not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"{where}: tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, expected finite float32 {expected}"
+            )
+    return zca
+
+
+def validate_expert_metadata(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Check an expert file's format, version and the metadata the store reads; return ``meta``.
+
+    Raises:
+        UserError: naming the file, the field, what was found and what was expected.
+    """
+    check_format(meta, path, "dcbench expert trajectory", EXPERT_FORMAT, FORMAT_VERSION)
+    where = repr(str(path))
+    meta_field(meta, "test_accuracy", "a number in [0, 1] or null", lambda v: is_number(v) and 0 <= v <= 1, where, None)
+    source = meta_field(meta, "source", "an object", is_object, where, None)
+    if source is not None:
+        inner = f"{where}, source"
+        meta_field(source, "sha256", "a string", _is_str, inner, None)
+        meta_field(source, "position", "an integer >= 0", lambda v: is_int(v) and v >= 0, inner, None)
+    return meta
+
+
+def validate_trajectory_rows(rows: Tensor | None, path: Path, expected_shape: tuple[int, ...]) -> Tensor:
+    """Check trajectory rows read from ``path``: shape, finite values; float16/float64 become float32 (a note).
+
+    Args:
+        rows: The tensor read (None: the file has no ``trajectory`` tensor).
+        path: The expert file (for messages).
+        expected_shape: ``(epochs + 1, P)`` for a whole trajectory, or the shape of the rows read.
+
+    Raises:
+        UserError: a missing tensor, another shape, a non-float dtype, or NaN/inf values.
+    """
+    if rows is None or not rows.is_floating_point() or tuple(rows.shape) != tuple(expected_shape):
+        got = "no 'trajectory' tensor" if rows is None else f"{rows.dtype} {tuple(rows.shape)}"
+        raise UserError(f"{str(path)!r}: expected a float32 trajectory of shape {tuple(expected_shape)}, got {got}")
+    if rows.dtype != torch.float32:
+        note(f"{str(path)!r}: trajectory converted from {rows.dtype} to float32")
+        rows = rows.to(torch.float32)
+    if not bool(torch.isfinite(rows).all()):
+        raise UserError(f"{str(path)!r}: the trajectory contains NaN or inf; delete it and train it again")
+    return rows
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_shapes(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(s, list) and all(is_int(d) and d >= 0 for d in s) for s in value)
+
+
+def _is_image_shape(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(is_int(d) and d >= 1 for d in value)
 
 
 class ExpertStore:
@@ -164,20 +269,7 @@ class ExpertStore:
                 "'dcbench experts --dataset ...' or import upstream buffers with 'dcbench experts --import'"
             )
         tensors, meta = read_tensor_file(path, what="expert manifest")
-        if meta.get("format") != FORMAT:
-            raise UserError(
-                f"{str(path)!r} is a safetensors file but not a dcbench expert manifest (format {meta.get('format')!r})"
-            )
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise UserError(
-                f"{str(path)!r} has format version {meta['format_version']}; upgrade dcbench-tesla to read it"
-            )
-        zca = None
-        if meta.get("normalisation", {}).get("kind") == "zca":
-            if not {"zca_mean", "zca_matrix"} <= set(tensors):
-                raise UserError(f"{str(path)!r}: ZCA experts but the manifest lacks the ZCA tensors")
-            eps = meta["normalisation"].get("zca_eps")
-            zca = ZCAState(mean=tensors["zca_mean"], matrix=tensors["zca_matrix"], eps=float(eps or 0.1))
+        zca = validate_manifest(meta, tensors, path)
         return cls(directory, meta, zca, max_experts=max_experts, cache_mib=cache_mib)
 
     # -- what the store holds ------------------------------------------------------------
@@ -253,7 +345,8 @@ class ExpertStore:
 
     def expert_metadata(self, i: int) -> dict[str, Any]:
         """The JSON metadata of the ``i``-th finished expert (its header only is read)."""
-        return read_tensor_file(self.expert_path(i), what="expert trajectory", tensors=False)[1]
+        path = self.expert_path(i)
+        return validate_expert_metadata(read_tensor_file(path, what="expert trajectory", tensors=False)[1], path)
 
     def test_accuracies(self) -> list[float]:
         """Final test accuracy of every finished expert that recorded one."""
@@ -276,20 +369,13 @@ class ExpertStore:
             return self._cache[i]
         path = self.expert_path(i)
         tensors, meta = read_tensor_file(path, what="expert trajectory")
-        if meta.get("format") != EXPERT_FORMAT:
-            raise UserError(f"{str(path)!r} is not a dcbench expert trajectory (format {meta.get('format')!r})")
+        validate_expert_metadata(meta, path)
         if meta.get("key") != self._key:
             raise UserError(
                 f"{str(path)!r} belongs to another expert store (key {meta.get('key')!r}, this store "
                 f"{self._key!r}); remove it or move it to its own store"
             )
-        traj = tensors.get("trajectory")
-        expected = (self.epochs + 1, self.num_params)
-        if traj is None or traj.dtype != torch.float32 or tuple(traj.shape) != expected:
-            got = None if traj is None else f"{traj.dtype} {tuple(traj.shape)}"
-            raise UserError(f"{str(path)!r}: expected a float32 trajectory of shape {expected}, got {got}")
-        if not bool(torch.isfinite(traj).all()):
-            raise UserError(f"{str(path)!r}: the trajectory contains NaN or inf; delete it and train it again")
+        traj = validate_trajectory_rows(tensors.get("trajectory"), path, (self.epochs + 1, self.num_params))
         self._remember(i, traj)
         return traj
 
@@ -416,6 +502,9 @@ __all__ = [
     "expert_filename",
     "finished_indices",
     "manifest_metadata",
+    "validate_expert_metadata",
+    "validate_manifest",
+    "validate_trajectory_rows",
     "write_expert",
     "write_manifest",
 ]

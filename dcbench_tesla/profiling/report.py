@@ -181,9 +181,9 @@ def table4_markdown(frame: pd.DataFrame) -> str:
     for (dev, batch, ipc), part in _groups(frame):
         methods = _methods(part)
         for dataset, rows in part.groupby("dataset", sort=False):
-            shape = rows["image_shape"].iloc[0]
+            shape, classes = rows["image_shape"].iloc[0], _num(rows["num_classes"].iloc[0])  # None: no point ran
             blocks.append(
-                f"### Table 4: {dataset} shape ({shape}, {int(rows['num_classes'].iloc[0])} classes, "
+                f"### Table 4: {dataset} shape ({shape}, {'?' if classes is None else int(classes)} classes, "
                 f"{rows['model'].iloc[0]}), batch_syn {batch}, ipc {ipc}, {_device_name(rows)}"
             )
             for column, description in MEMORY_MEASURES[dev]:

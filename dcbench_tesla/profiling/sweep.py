@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from dcbench_tesla.profiling.standins import RANDOM_STANDIN_NOTE
 __all__ = [
     "CSV_COLUMNS",
     "CSV_NAME",
+    "SWEEP_NAME",
     "plan_points",
     "records_to_frame",
     "run_point_subprocess",
@@ -42,6 +44,10 @@ __all__ = [
 
 CSV_NAME = "profile.csv"
 PROVENANCE_NAME = "provenance.json"
+#: What identifies a sweep in its output directory (compared when the same command runs again).
+SWEEP_NAME = "sweep.json"
+#: Working folder of the point processes, under ``points/`` (removed when the sweep ends).
+WORK_DIR = ".work"
 _STDERR_TAIL = 3000
 
 #: Columns of the tidy CSV (one row per method x dataset x batch x steps), in order.
@@ -182,6 +188,18 @@ def _point_filename(spec: PointSpec) -> str:
     return f"{spec.dataset}-{spec.method}-b{spec.batch_syn}-ipc{spec.ipc}-s{spec.steps}-{device}.json"
 
 
+def _finished_record(output: Path, spec: PointSpec) -> dict[str, Any] | None:
+    """The record an earlier (interrupted) sweep wrote for ``spec``, if it measured it (ok or oom)."""
+    path = output / "points" / _point_filename(spec)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("status") not in ("ok", "oom"):
+        return None
+    return record if all(record.get(k) == v for k, v in spec.to_dict().items()) else None
+
+
 def _describe(record: dict[str, Any]) -> str:
     if record.get("status") != "ok":
         return f"{record.get('status')}: {str(record.get('error', ''))[:160]}"
@@ -233,8 +251,12 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     table_steps: int | None = None,
     reports: bool = True,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Run every point in its own process, write the CSV, per-point JSON, provenance and reports.
+
+    With ``resume``, a point whose record an earlier, interrupted sweep of the same points wrote
+    (``points/*.json``, status ok or oom) is read back instead of measured again.
 
     Args:
         points: The points, in the order to run them.
@@ -245,6 +267,7 @@ def run_sweep(
         echo: Progress printer.
         table_steps: Steps of Table 5 / Figure 3 (None: 50 if measured, else the largest common).
         reports: Write the Markdown tables and figures at the end.
+        resume: Read back the points an interrupted sweep measured.
 
     Returns:
         The tidy table (also written to ``output/profile.csv``).
@@ -253,14 +276,20 @@ def run_sweep(
 
     output = Path(output)
     (output / "points").mkdir(parents=True, exist_ok=True)
+    work = output / "points" / WORK_DIR  # the points' spec and result files; a killed sweep leaves them
+    shutil.rmtree(work, ignore_errors=True)
     records: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="dcbench-profile-") as tmp:
-        for number, spec in enumerate(points, start=1):
-            record = run_point_subprocess(spec, Path(tmp), timeout_s=timeout_s)
-            records.append(record)
+    for number, spec in enumerate(points, start=1):
+        record = _finished_record(output, spec) if resume else None
+        if record is not None:
+            echo(f"[{number}/{len(points)}] {spec.label}: measured earlier, read back ({_describe(record)})")
+        else:
+            record = run_point_subprocess(spec, work, timeout_s=timeout_s)
             write_json_atomic(output / "points" / _point_filename(spec), record)
-            write_text_atomic(output / CSV_NAME, records_to_frame(records).to_csv(index=False))
             echo(f"[{number}/{len(points)}] {spec.label}: {_describe(record)}")
+        records.append(record)
+        write_text_atomic(output / CSV_NAME, records_to_frame(records).to_csv(index=False))
+    shutil.rmtree(work, ignore_errors=True)
     frame = records_to_frame(records)
     provenance = sweep_provenance(records, command, settings or {})
     write_json_atomic(output / PROVENANCE_NAME, provenance)

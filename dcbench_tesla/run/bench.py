@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
+from dcbench_tesla.files import ensure_writable_dir, user_files, write_json_atomic
 from dcbench_tesla.method import baseline_method, distiller_class, spec
 from dcbench_tesla.run import runner
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
@@ -287,7 +287,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
                 f"bench directory {str(output)!r} holds a different request ({differences}). Choose another "
                 "--output, or pass --overwrite to discard its results and compute every cell again."
             )
-    elif output.is_dir() and any(output.iterdir()):
+    elif user_files(output):  # (temporaries of a killed write do not count)
         # Never clear a folder that is not a bench, not even with --overwrite.
         raise UserError(
             f"--output {str(output)!r} already holds files but no {MANIFEST}: it is not a bench directory. "
@@ -356,6 +356,7 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
         if cell.rundir.is_finished():
             print(f"[{index}/{total}] {cell.name}: done earlier, read back from {cell.rundir.result}")
             records[cell.name] = _read_cell(cell)
+            cell.rundir.remove_stale_lock()  # a kill after its result was written leaves one
             continue
         run = cell.run
         if cell.rundir.has_checkpoint():
@@ -366,6 +367,7 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
         print(f"[{index}/{total}] {cell.name}: {state}")
         try:
             records[cell.name] = runner.run(run)
+            cell.rundir.close()  # the next cells run in this process: release this cell's lock now
         except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
             print(
                 f"\nbench stopped in cell {cell.name}; finished cells are kept, and the same command "

@@ -9,27 +9,42 @@ only override them.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from dcbench_tesla.checks import MAX_EPOCHS, MAX_IPC, MAX_ITERATIONS, MAX_MODELS, MAX_SEED
 from dcbench_tesla.errors import UserError
 
-#: Keys a preset may hold, with the Python type each must have.
-PRESET_KEYS: dict[str, type | tuple[type, ...]] = {
-    "description": str,
-    "methods": list,
-    "dataset": str,
-    "ipcs": list,
-    "eval_models": list,
-    "num_eval": int,
-    "eval_epochs": int,
-    "protocol": str,
-    "iterations": int,
-    "whole_dataset": bool,
-    "exclude": list,
-    "seed": int,
-    "set": dict,
+
+def _ints(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _list_of(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and bool(v) and all(ok(x) for x in v)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: Keys a preset may hold: what each must be (in words) and the check of its value.
+PRESET_KEYS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "description": ("a string", _is_str),
+    "methods": ("a non-empty list of method ids (strings)", _list_of(_is_str)),
+    "dataset": ("a dataset name (string)", _is_str),
+    "ipcs": (f"a non-empty list of integers 1..{MAX_IPC}", _list_of(_ints(1, MAX_IPC))),
+    "eval_models": ("a non-empty list of model names (strings)", _list_of(_is_str)),
+    "num_eval": (f"an integer 1..{MAX_MODELS}", _ints(1, MAX_MODELS)),
+    "eval_epochs": (f"an integer 1..{MAX_EPOCHS}", _ints(1, MAX_EPOCHS)),
+    "protocol": ("a protocol name (string)", _is_str),
+    "iterations": (f"an integer 0..{MAX_ITERATIONS}", _ints(0, MAX_ITERATIONS)),
+    "whole_dataset": ("true or false", lambda v: isinstance(v, bool)),
+    "exclude": ("a list of cell names (strings)", lambda v: isinstance(v, list) and all(_is_str(x) for x in v)),
+    "seed": (f"an integer 0..{MAX_SEED}", _ints(0, MAX_SEED)),
+    "set": ("a table of method options", lambda v: isinstance(v, dict)),
 }
 
 
@@ -45,7 +60,10 @@ def preset_text(name_or_path: str) -> tuple[str, str]:
     """The TOML text of a shipped preset or a file, and where it came from."""
     path = Path(name_or_path)
     if path.is_file():
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"preset {str(path)!r} cannot be read as TOML text: {exc}") from exc
     name = name_or_path[: -len(".toml")] if name_or_path.endswith(".toml") else name_or_path
     if name in preset_names():
         return resources.files("dcbench_tesla").joinpath("presets", f"{name}.toml").read_text(encoding="utf-8"), name
@@ -78,15 +96,16 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     text, where = preset_text(name_or_path)
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise UserError(f"preset {where!r} is not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - set(PRESET_KEYS))
     if unknown:
         raise UserError(f"preset {where!r}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(PRESET_KEYS)}")
     for key, value in data.items():
-        expected = PRESET_KEYS[key]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"preset {where!r}: {key} must be {getattr(expected, '__name__', expected)}, got {value!r}")
+        expected, ok = PRESET_KEYS[key]
+        if not ok(value):
+            found = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise UserError(f"preset {where!r}: {key} must be {expected}, got {found}")
     if "set" in data:
         data["set"] = _flatten_set(data["set"], f"preset {where!r}")
     return data

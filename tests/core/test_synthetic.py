@@ -60,7 +60,7 @@ def test_round_trip_soft_labels_and_zca_state(tmp_path):
     "bad, message",
     [
         (dict(labels=torch.tensor([0, 1])), "6 images but 2 labels"),
-        (dict(labels=torch.tensor([0, 0, 1, 1, 2, 3])), "class indices below 3"),
+        (dict(labels=torch.tensor([0, 0, 1, 1, 2, 3])), "span 0..3, expected class indices 0..2"),
         (dict(labels=torch.rand(6, 4)), r"soft labels must be \(N, 3\)"),
         (dict(lr=-1.0), "lr must be positive"),
     ],
