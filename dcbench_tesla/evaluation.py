@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.executors import EVALUATION_GPU_FRACTION, Task, current_executor, device_here
 from dcbench_tesla.models import build_model
 from dcbench_tesla.registry import Registry
 
@@ -256,6 +257,31 @@ def test_accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, dev
     return correct / max(1, dataset.test_images.shape[0])
 
 
+def _evaluation_view(dataset: Dataset) -> Dataset:
+    """``dataset`` without its training images: all an evaluation model needs of it (shape, classes, test split)."""
+    shape = (0, *dataset.train_images.shape[1:])
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images.new_empty(shape),
+        train_labels=dataset.train_labels.new_empty((0,)),
+        _class_index={},
+    )
+
+
+def _evaluation_task(
+    model_name: str,
+    images: Tensor,
+    labels: Tensor,
+    dataset: Dataset,
+    lr: float,
+    protocol: EvaluationProtocol,
+    seed: int,
+    device: torch.device,
+) -> float:
+    """One evaluation model, as an executor task (on the device as its worker sees it)."""
+    return train_and_test(model_name, images, labels, dataset, lr, protocol, seed, device_here(device))
+
+
 def evaluate_images(
     images: Tensor,
     labels: Tensor,
@@ -268,18 +294,35 @@ def evaluate_images(
     progress: bool = False,
     label: str = "evaluate",
 ) -> EvaluationResult:
-    """Train ``protocol.num_models`` fresh models of each architecture and test them."""
+    """Train ``protocol.num_models`` fresh models of each architecture and test them.
+
+    Every model is one task of the command's executor (:mod:`dcbench_tesla.executors`), seeded
+    from ``(seed, k)``; the set and the test split are shared with the tasks once, not per task.
+    On CUDA a model asks for :data:`~dcbench_tesla.executors.EVALUATION_GPU_FRACTION` of a GPU.
+
+    Raises:
+        UserError: a model's task failed on a remote executor (its error and log named).
+    """
+    executor = current_executor()
+    shared = (executor.share(images), executor.share(labels), executor.share(_evaluation_view(dataset), key=dataset))
+    tasks = [
+        Task(
+            name=f"{label.replace(' ', '-')}-{model_name}-{k}",
+            fn=_evaluation_task,
+            args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
+            device=str(device),
+            gpu_fraction=EVALUATION_GPU_FRACTION,
+        )
+        for model_name in models
+        for k in range(protocol.num_models)
+    ]
+    accuracies: list[float] = [math.nan] * len(tasks)
+    for outcome in executor.map(tasks, desc=label, progress=progress):
+        accuracies[outcome.index] = float(outcome.result())
     result = EvaluationResult(protocol=protocol, seed=seed)
-    total = len(models) * protocol.num_models
-    bar = tqdm(total=total, desc=label, disable=not progress, leave=False)
-    for model_name in models:
-        accuracies = []
-        for k in range(protocol.num_models):
-            acc = train_and_test(model_name, images, labels, dataset, lr, protocol, _model_seed(seed, k), device)
-            accuracies.append(acc)
-            bar.update(1)
-        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=accuracies, lr=lr)
-    bar.close()
+    for position, model_name in enumerate(models):
+        per_model = accuracies[position * protocol.num_models : (position + 1) * protocol.num_models]
+        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=per_model, lr=lr)
     return result
 
 

@@ -18,6 +18,8 @@ from dcbench_tesla.cli.common import (
     Bounded,
     command,
     device_option,
+    executor_from_flags,
+    executor_options,
     parse_list,
     threads_option,
 )
@@ -71,7 +73,15 @@ def _check_methods(methods: list[str]) -> None:
             )
 
 
-_OUR_FILES = ("profile.csv", "profile.md", "provenance.json", "figure2_*.png", "figure3*.png", "points/*.json")
+_OUR_FILES = (
+    "profile.csv",
+    "profile.md",
+    "provenance.json",
+    "figure2_*.png",
+    "figure3*.png",
+    "points/*.json",
+    "logs/*.log",
+)
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
@@ -152,12 +162,14 @@ def default_output(datasets: list[str], device: str) -> Path:
 )
 @click.option("--output", type=PATH, default=None, help="Output directory [profiles/<datasets>-<device>].")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --output.")
+@executor_options
 def profile_command(**kw: Any) -> None:
     """Sweep methods x dataset shapes x inner steps; write CSV, Markdown tables and figures.
 
     Every point runs in a fresh process on random stand-in data and experts of the dataset's
     shape (memory and time do not depend on pixel values), so no dataset files or trained experts
-    are needed.
+    are needed. With --executor ray the points run side by side on a Ray cluster, each still in a
+    fresh process on its worker, with a whole GPU of its own on CUDA (task logs in OUTPUT/logs/).
     """
     from dcbench_tesla.checks import resolve_device
     from dcbench_tesla.data import dataset_spec
@@ -216,15 +228,16 @@ def profile_command(**kw: Any) -> None:
         _clear_previous(output)
     click.echo(f"profiling {len(points)} points into {output} (each in a fresh process)")
     click.echo(RANDOM_STANDIN_NOTE)
-    frame = run_sweep(
-        points,
-        output,
-        command=command,
-        settings=settings,
-        timeout_s=kw["timeout_s"],
-        echo=click.echo,
-        table_steps=kw["table_steps"],
-    )
+    with executor_from_flags(kw):
+        frame = run_sweep(
+            points,
+            output,
+            command=command,
+            settings=settings,
+            timeout_s=kw["timeout_s"],
+            echo=click.echo,
+            table_steps=kw["table_steps"],
+        )
     counts = frame["status"].value_counts().to_dict()
     click.echo(f"done: {counts}; see {output / 'profile.md'}")
 

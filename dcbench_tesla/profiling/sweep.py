@@ -1,5 +1,11 @@
 """The sweep runner: every point (method x dataset shape x steps) in a fresh subprocess.
 
+Each point is one task of the command's executor (:mod:`dcbench_tesla.executors`): locally the
+points run one after another; on Ray each task starts the point's fresh process on its worker,
+with a whole GPU of its own on CUDA (so no other point's memory shows in its NVML peak) and its
+threads as CPUs. CPU points measured side by side share the machine: their times are not those
+of a serial sweep, their saved-tensor and allocator figures are.
+
 Each point runs as ``python -m dcbench_tesla.profiling.point SPEC RESULT`` so its peaks start
 from a clean allocator, CUDA context and ``ru_maxrss``. A point that runs out of memory is
 recorded with status ``"oom"``, one that crashes (or writes no result, or times out) with
@@ -12,6 +18,7 @@ children's NVML device peaks): device names and driver versions come from the po
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -25,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcbench_tesla.executors import Outcome, Task, current_executor, device_here, task_context
 from dcbench_tesla.files import write_json_atomic, write_text_atomic
 from dcbench_tesla.profiling.measure import MEASURE_KEYS
 from dcbench_tesla.profiling.point import PointSpec
@@ -165,6 +173,25 @@ def run_point_subprocess(spec: PointSpec, workdir: Path, timeout_s: float | None
     return record
 
 
+def _point_task(spec: PointSpec, timeout_s: float | None) -> dict[str, Any]:
+    """One point as an executor task: measured in a fresh process started here (never raises).
+
+    In a remote worker the point gets the worker's GPU (``cuda:0`` of what it sees) and the task's
+    thread count when the sweep named none, so what it measures is what it was given.
+    """
+    context = task_context()
+    if context is not None:
+        threads = spec.threads if spec.threads is not None else context["threads"]
+        spec = dataclasses.replace(spec, device=str(device_here(spec.device)), threads=threads)
+    with tempfile.TemporaryDirectory(prefix="dcbench-point-") as tmp:
+        return run_point_subprocess(spec, Path(tmp), timeout_s=timeout_s)
+
+
+def _failed_task_record(spec: PointSpec, outcome: Outcome) -> dict[str, Any]:
+    """The record of a point whose task itself failed (its worker died on every attempt)."""
+    return {**spec.to_dict(), "status": "failed", "error": outcome.summary(), "stderr_tail": _tail(outcome.detail)}
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return "; ".join(str(v) for v in value)
@@ -197,7 +224,8 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def sweep_provenance(records: Sequence[dict[str, Any]], command: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Provenance of a sweep: command, settings, versions, device, threads, NVML, stand-in note."""
+    """Provenance of a sweep: command, settings, versions, device, threads, executor, NVML, stand-in note."""
+    from dcbench_tesla.executors import executor_record
     from dcbench_tesla.provenance import git_revision, package_versions
 
     first_ok = next((r for r in records if r.get("status") == "ok"), records[0] if records else {})
@@ -217,6 +245,7 @@ def sweep_provenance(records: Sequence[dict[str, Any]], command: str, settings: 
         "threads": sorted({r["threads"] for r in records if r.get("threads") is not None}),
         "versions": {**package_versions(), "torch_in_points": first_ok.get("torch_version")},
         "git_revision": git_revision(),
+        "executor": executor_record(),
         "nvml": nvml,
         "note": RANDOM_STANDIN_NOTE,
         "statuses": {s: sum(r.get("status") == s for r in records) for s in ("ok", "oom", "failed")},
@@ -253,14 +282,29 @@ def run_sweep(
 
     output = Path(output)
     (output / "points").mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="dcbench-profile-") as tmp:
-        for number, spec in enumerate(points, start=1):
-            record = run_point_subprocess(spec, Path(tmp), timeout_s=timeout_s)
-            records.append(record)
-            write_json_atomic(output / "points" / _point_filename(spec), record)
-            write_text_atomic(output / CSV_NAME, records_to_frame(records).to_csv(index=False))
-            echo(f"[{number}/{len(points)}] {spec.label}: {_describe(record)}")
+    executor = current_executor()
+    tasks = [
+        Task(
+            _point_filename(spec).rsplit(".", 1)[0],
+            _point_task,
+            (spec, timeout_s),
+            device=spec.device,
+            threads=spec.threads,
+        )
+        for spec in points
+    ]
+    measured: dict[int, dict[str, Any]] = {}
+    outcomes = executor.map(tasks, desc="points", progress=executor.remote, log_dir=output / "logs")
+    for number, outcome in enumerate(outcomes, start=1):
+        spec = points[outcome.index]
+        record = outcome.value if outcome.ok else _failed_task_record(spec, outcome)
+        measured[outcome.index] = record
+        write_json_atomic(output / "points" / _point_filename(spec), record)
+        write_text_atomic(
+            output / CSV_NAME, records_to_frame([measured[i] for i in sorted(measured)]).to_csv(index=False)
+        )
+        echo(f"[{number}/{len(points)}] {spec.label}: {_describe(record)}")
+    records = [measured[i] for i in sorted(measured)]
     frame = records_to_frame(records)
     provenance = sweep_provenance(records, command, settings or {})
     write_json_atomic(output / PROVENANCE_NAME, provenance)
