@@ -196,9 +196,10 @@ def train_and_test(
         lr: Initial learning rate.
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
-        device: Where to train.
+        device: Where to train (inside a remote task: as its worker sees it, see ``device_here``).
         progress: Show an epoch progress bar.
     """
+    device = device_here(device)
     c, h, _ = dataset.image_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -268,20 +269,6 @@ def _evaluation_view(dataset: Dataset) -> Dataset:
     )
 
 
-def _evaluation_task(
-    model_name: str,
-    images: Tensor,
-    labels: Tensor,
-    dataset: Dataset,
-    lr: float,
-    protocol: EvaluationProtocol,
-    seed: int,
-    device: torch.device,
-) -> float:
-    """One evaluation model, as an executor task (on the device as its worker sees it)."""
-    return train_and_test(model_name, images, labels, dataset, lr, protocol, seed, device_here(device))
-
-
 def evaluate_images(
     images: Tensor,
     labels: Tensor,
@@ -308,7 +295,7 @@ def evaluate_images(
     tasks = [
         Task(
             name=f"{label.replace(' ', '-')}-{model_name}-{k}",
-            fn=_evaluation_task,
+            fn=train_and_test,
             args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
             device=str(device),
             gpu_fraction=EVALUATION_GPU_FRACTION,

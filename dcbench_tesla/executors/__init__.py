@@ -44,8 +44,6 @@ from dcbench_tesla.executors.local import LocalExecutor
 
 #: Executor names ``--executor`` accepts.
 EXECUTORS = ("local", "ray")
-#: Environment variable holding the default of ``--executor``.
-EXECUTOR_ENV = "DCBENCH_EXECUTOR"
 
 _DEFAULT = LocalExecutor()
 _CURRENT: contextvars.ContextVar[Executor | None] = contextvars.ContextVar("dcbench_executor", default=None)
@@ -103,7 +101,6 @@ def executor_record() -> dict[str, Any]:
 __all__ = [
     "EVALUATION_GPU_FRACTION",
     "EXECUTORS",
-    "EXECUTOR_ENV",
     "Executor",
     "LocalExecutor",
     "Outcome",

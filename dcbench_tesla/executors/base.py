@@ -255,8 +255,8 @@ class TaskBar:
         """A task completed (done, or failed)."""
         self.running -= 1
         self.failed += not outcome.ok
-        self.bar.update(1)
         self._show()
+        self.bar.update(1)
 
     def write(self, line: str) -> None:
         """Print ``line`` above the bar."""

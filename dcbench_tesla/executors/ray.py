@@ -136,9 +136,11 @@ class RayExecutor(Executor):
     def _run(self, tasks: list[Task], logs: list[Path | None], bar: TaskBar) -> Iterator[Outcome]:
         import ray
 
+        from dcbench_tesla.provenance import command_line
+
         self.start()
         self._check_feasible(tasks)
-        origin = self.describe()
+        origin = {**self.describe(), "command": command_line()}  # a worker's own argv is Ray's
         refs: dict[Any, int] = {}
         for index, (task, log) in enumerate(zip(tasks, logs, strict=True)):
             if task.message:

@@ -32,6 +32,7 @@ from dcbench_tesla.errors import UserError
 from dcbench_tesla.executors import Task, TaskFailures, current_executor, device_here
 from dcbench_tesla.files import ensure_writable_dir, write_json_atomic
 from dcbench_tesla.method import baseline_method, distiller_class, spec
+from dcbench_tesla.provenance import command_line
 from dcbench_tesla.run import runner
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
 from dcbench_tesla.run.rundir import RunDir
@@ -307,7 +308,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
                 "request": bench_plan.identity,
                 "baseline_method": bench_plan.baseline_method,
                 "cells": [cell.to_dict() for cell in bench_plan.cells],
-                "command": " ".join(["dcbench", *sys.argv[1:]]),
+                "command": command_line(),
                 "environment": {
                     "data_root": str(request.data_root) if request.data_root else None,
                     "device": request.device,

@@ -19,8 +19,9 @@ import torch
 from click.testing import CliRunner
 
 from dcbench_tesla.cli import main
+from dcbench_tesla.errors import UserError
 from dcbench_tesla.evaluation import PROTOCOLS, evaluate_images, random_real_subset
-from dcbench_tesla.executors import TaskFailures, open_executor
+from dcbench_tesla.executors import Task, TaskFailures, open_executor
 from dcbench_tesla.experts import ExpertConfig, ExpertStore, train_experts
 from dcbench_tesla.files import read_tensor_file
 from dcbench_tesla.profiling.report import load_csv
@@ -93,6 +94,7 @@ def test_a_bench_through_ray_equals_the_local_bench_cell_for_cell(ray_instance, 
         where = twin["provenance"]["executor"]["task"]
         assert where["kind"] == "ray" and where["threads"] == 1 and where["resources"]["CPU"] == 2
         assert record["provenance"]["executor"]["task"] is None
+        assert twin["provenance"]["command"] == record["provenance"]["command"]  # the driver's, not the worker's
         assert "finished" in (remote / "logs" / f"{name}.log").read_text()
     assert not (local / "logs").exists()  # the local executor logs failures only
     pd.testing.assert_frame_equal(pd.read_csv(local / "results.csv"), pd.read_csv(remote / "results.csv"))
@@ -176,3 +178,10 @@ def test_a_task_that_always_fails_is_reported_and_the_other_cells_land(ray_insta
     assert computing == ["[2/3] random-ipc2: computing"]  # its task failed before its run made a directory
     assert {name: (out / "cells" / name / "result.json").stat().st_mtime_ns for name in landed} == landed
     assert len(frame) == 3
+
+
+def test_a_task_no_node_can_hold_is_refused_before_anything_is_submitted(ray_instance):
+    with open_executor("ray", threads=4) as executor, pytest.raises(UserError, match="needing 4 CPU"):
+        list(executor.map([Task("too-wide", os.getpid)]))
+    with open_executor("ray", threads=1) as executor, pytest.raises(UserError, match="needing 1 CPU and 1 GPU"):
+        list(executor.map([Task("needs-a-gpu", os.getpid, device="cuda")]))
