@@ -24,8 +24,9 @@ from dcbench_tesla.evaluation import PROTOCOLS, evaluate_images, random_real_sub
 from dcbench_tesla.executors import Task, TaskFailures, open_executor
 from dcbench_tesla.experts import ExpertConfig, ExpertStore, train_experts
 from dcbench_tesla.files import read_tensor_file
+from dcbench_tesla.profiling.point import execute
 from dcbench_tesla.profiling.report import load_csv
-from dcbench_tesla.profiling.sweep import CSV_COLUMNS
+from dcbench_tesla.profiling.sweep import CSV_COLUMNS, plan_points, records_to_frame
 from dcbench_tesla.run import bench as bench_module
 from dcbench_tesla.run.bench import run_bench
 
@@ -125,21 +126,25 @@ def test_evaluation_models_through_ray_equal_the_local_ones(ray_instance, digits
 
 
 def test_a_profile_sweep_through_ray_writes_the_same_csv_and_figures(ray_instance, tmp_path):
-    flags = "profile --methods mtt --dataset digits --steps 1,2 --batch-syn 10 --ipc 2 --iterations 1 --warmup 0"
-    flags += " --device cpu --threads 1"
-    frames = {}
-    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
-        out = tmp_path / name
-        result = CliRunner().invoke(main, [*flags.split(), "--output", str(out), *extra])
-        assert result.exit_code == 0, result.output + repr(result.exception)
-        assert (out / "figure2_digits.png").stat().st_size > 0 and (out / "figure3.png").stat().st_size > 0
-        frames[name] = load_csv(out / "profile.csv")
-    local, remote = frames["local"], frames["ray"]
-    assert list(local.columns) == list(remote.columns) == list(CSV_COLUMNS)
-    assert list(remote["steps"]) == [1, 2] and set(remote["status"]) == {"ok"}
-    for column in ("peak_saved_tensors_mib", "snapshot_mib", "num_params", "threads"):
+    flags = "--methods mtt --dataset digits --steps 1,2 --batch-syn 10 --ipc 2 --iterations 1 --warmup 0 --device cpu"
+    out = tmp_path / "ray"
+    args = ["profile", *flags.split(), "--threads", "1", "--output", str(out), "--executor", "ray"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (out / "figure2_digits.png").stat().st_size > 0 and (out / "figure3.png").stat().st_size > 0
+    remote = load_csv(out / "profile.csv")
+    assert list(remote.columns) == list(CSV_COLUMNS) and list(remote["steps"]) == [1, 2]
+    assert set(remote["status"]) == {"ok"} and sorted(p.name for p in (out / "logs").iterdir()) == [
+        f"digits-mtt-b10-ipc2-s{steps}-cpu.log" for steps in (1, 2)
+    ]
+    # The local reference: what a local sweep's point process computes (execute), here in this process.
+    specs = plan_points(
+        ["mtt"], ["digits"], [1, 2], batch_syn=10, ipc=2, iterations=1, warmup=0, device="cpu", threads=1
+    )
+    local = records_to_frame([execute(spec) for spec in specs])
+    for column in ("peak_saved_tensors_mib", "snapshot_mib", "num_params", "threads", "engine", "labels"):
         assert list(remote[column]) == list(local[column]), column
-    provenance = json.loads((tmp_path / "ray" / "provenance.json").read_text())
+    provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["executor"]["kind"] == "ray" and "--executor ray" in provenance["command"]
 
 
