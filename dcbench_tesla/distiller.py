@@ -130,6 +130,27 @@ class Distiller(abc.ABC):
         """What to change when this method runs out of GPU memory (shown with the measured peak)."""
         return []
 
+    def estimate_work(self, dataset: Dataset, ipc: int, *, cached: bool = True) -> dict[str, float]:
+        """The work of each phase of an episode, in image-steps (one forward + backward of one image).
+
+        The run header turns these into time estimates, and a phase far above the dataset's config
+        cards asks for ``--yes``. ``cached=True`` counts work already done and cached (e.g.
+        trained experts) as zero. Called after construction, before ``reset``.
+
+        Returns:
+            ``{phase name: image-steps}``; empty when the method does not say.
+        """
+        del dataset, ipc, cached
+        return {}
+
+    def expert_config(self, dataset: Dataset) -> Any:
+        """The expert trajectories these options train or read (an ExpertConfig), or None if the method uses none.
+
+        ``dcbench experts --dataset D`` defaults to what the config cards of ``D`` read through this.
+        """
+        del dataset
+        return None
+
     def options_dict(self) -> dict[str, Any]:
         """The resolved options as a dict."""
         return dataclasses.asdict(self.options)

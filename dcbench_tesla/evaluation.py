@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
@@ -184,7 +184,7 @@ def train_and_test(
     protocol: EvaluationProtocol,
     seed: int,
     device: torch.device,
-    progress: bool = False,
+    on_epoch: Callable[[], None] | None = None,
 ) -> float:
     """Train one fresh model on ``images``/``labels``; return its final test accuracy.
 
@@ -197,7 +197,7 @@ def train_and_test(
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
         device: Where to train (inside a remote task: as its worker sees it, see ``device_here``).
-        progress: Show an epoch progress bar.
+        on_epoch: Called after every epoch (progress reporting).
     """
     device = device_here(device)
     c, h, _ = dataset.image_shape
@@ -212,11 +212,13 @@ def train_and_test(
     decay_epoch = math.floor(protocol.epochs * protocol.decay_at)
     images, labels = images.to(device), labels.to(device)
     model.train()
-    for epoch in tqdm(range(protocol.epochs), desc=f"train {model_name}", leave=False, disable=not progress):
+    for epoch in range(protocol.epochs):
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
         train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
+        if on_epoch is not None:
+            on_epoch()
     return test_accuracy(model, dataset, protocol.test_batch_size, device)
 
 
@@ -286,6 +288,8 @@ def evaluate_images(
     Every model is one task of the command's executor (:mod:`dcbench_tesla.executors`), seeded
     from ``(seed, k)``; the set and the test split are shared with the tasks once, not per task.
     On CUDA a model asks for :data:`~dcbench_tesla.executors.EVALUATION_GPU_FRACTION` of a GPU.
+    With ``progress``, one bar counts epochs over every model (locally an honest ETA from the
+    first epoch on; on a cluster a model's epochs count when it completes).
 
     Raises:
         UserError: a model's task failed on a remote executor (its error and log named).
@@ -299,12 +303,14 @@ def evaluate_images(
             args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
             device=str(device),
             gpu_fraction=EVALUATION_GPU_FRACTION,
+            units=protocol.epochs,
+            on_unit="on_epoch",
         )
         for model_name in models
         for k in range(protocol.num_models)
     ]
     accuracies: list[float] = [math.nan] * len(tasks)
-    for outcome in executor.map(tasks, desc=label, progress=progress):
+    for outcome in executor.map(tasks, desc=label, progress=progress, unit="epoch"):
         accuracies[outcome.index] = float(outcome.result())
     result = EvaluationResult(protocol=protocol, seed=seed)
     for position, model_name in enumerate(models):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,19 @@ class MethodSpec:
             if card.dataset == dataset and card.ipc == ipc:
                 return card
         return None
+
+    def nearest_card(self, dataset: str, ipc: int) -> ConfigCard | None:
+        """The card for ``dataset`` at ``ipc``, else that dataset's card at the nearest IPC, else None.
+
+        "Nearest" is by ratio (IPC 5 is nearer to 10 than to 1); a tie takes the smaller IPC.
+        """
+        exact = self.card_for(dataset, ipc)
+        if exact is not None:
+            return exact
+        cards = [card for card in self.config_cards if card.dataset == dataset]
+        if not cards:
+            return None
+        return min(cards, key=lambda card: (abs(math.log(card.ipc / ipc)), card.ipc))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (written into every result)."""

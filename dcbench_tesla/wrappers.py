@@ -224,10 +224,10 @@ class ProgressBar(Wrapper):
     """A tqdm bar over the iterations, showing the latest loss."""
 
     def __init__(self, env: Distiller, total: int, enabled: bool = True, desc: str = "distil") -> None:  # noqa: D107
-        from tqdm.auto import tqdm
+        from dcbench_tesla.progress import progress_bar
 
         super().__init__(env)
-        self.bar = tqdm(total=total, desc=desc, disable=not enabled or total == 0, leave=False)
+        self.bar = progress_bar(total=total, desc=desc, enabled=enabled, unit="iteration")
         self._started = False
 
     def step(self) -> dict[str, Any]:

@@ -132,6 +132,16 @@ class DistributionMatching(Distiller):
         self._optimizer = torch.optim.SGD([self._images], lr=self._lr_img, momentum=opts.momentum)
         return {"lr_img": self._lr_img}
 
+    def estimate_work(self, dataset: Dataset, ipc: int, *, cached: bool = True) -> dict[str, float]:
+        """Work per iteration: a real batch per class (forward only: a third of a step) and the synthetic images.
+
+        The synthetic images go forward and backward (one image-step each).
+        """
+        del cached
+        real = min(self.options.batch_real, dataset.min_class_size())
+        per_iteration = dataset.num_classes * (real / 3.0 + ipc)
+        return {"distillation": float(self.options.iterations * per_iteration)}
+
     def _draw_real(self, label: int, count: int) -> Tensor:
         pool = self.dataset.indices_of_class(label)
         return pool[torch.randperm(pool.numel(), generator=self._generator)[:count]]

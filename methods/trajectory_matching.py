@@ -29,6 +29,9 @@ from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
 from dcbench_tesla.models import build_model
 
 _TEACHER_CHUNK = 500  # images per teacher forward: bounds SLA's activation memory at large IPC
+# Image-steps per image of one inner step: the unrolled or first-order pass (1) plus the replay
+# with its double backward (about 4 forward+backward's worth on a ConvNet); a rough constant.
+_REPLAY_COST = 5.0
 LabelStrategy = Literal["hard", "sla", "sla-last", "learned"]
 
 
@@ -177,29 +180,61 @@ class TrajectoryMatching(Distiller):
             "experts": self.experts.num_experts,
         }
 
+    def expert_config(self, dataset: Dataset) -> Any:
+        """The experts these options train and read from the cache (see ``Distiller.expert_config``)."""
+        from dcbench_tesla.experts import ExpertConfig
+
+        opts: TrajectoryMatchingConfig = self.options
+        if opts.experts_dir:
+            return None
+        return ExpertConfig(
+            dataset=dataset.name,
+            model=opts.model or DATASETS.get(dataset.name).default_model,
+            num_experts=opts.num_experts,
+            epochs=opts.expert_train_epochs,
+            lr=opts.lr_teacher,
+            batch_size=opts.expert_batch_size,
+            zca=dataset.preprocessing.zca is not None,
+        )
+
+    def estimate_work(self, dataset: Dataset, ipc: int, *, cached: bool = True) -> dict[str, float]:
+        """Experts: epochs x training images per missing expert; distillation: per image of each inner step.
+
+        An inner step costs about ``_REPLAY_COST`` image-steps per image: the first pass, then the
+        replay with its double backward.
+        """
+        opts: TrajectoryMatchingConfig = self.options
+        missing = opts.num_experts
+        config = self.expert_config(dataset)
+        if config is None or self.context.experts is not None:
+            missing = 0
+        elif cached:
+            from dcbench_tesla.experts import expert_directory
+            from dcbench_tesla.experts.store import finished_indices
+
+            done = finished_indices(expert_directory(self.context.cache_dir, config, dataset))
+            missing = sum(1 for i in range(opts.num_experts) if i not in set(done))
+        images = dataset.num_classes * ipc
+        batch = min(opts.batch_syn or images, images)
+        return {
+            "experts": float(missing * opts.expert_train_epochs * dataset.train_images.shape[0]),
+            "distillation": float(opts.iterations * opts.syn_steps * batch * _REPLAY_COST),
+        }
+
     def _experts(self, dataset: Dataset) -> Any:
         """The injected expert source, an explicit store, or the cached (trained if missing) one."""
         opts: TrajectoryMatchingConfig = self.options
         if self.context.experts is not None:
             experts = self.context.experts
         else:
-            from dcbench_tesla.experts import ExpertConfig, ExpertStore, ensure_experts
+            from dcbench_tesla.experts import ExpertStore, ensure_experts
 
             if opts.experts_dir:
                 experts = ExpertStore.open(opts.experts_dir)
             else:
-                config = ExpertConfig(
-                    dataset=dataset.name,
-                    model=self.model_name,
-                    num_experts=opts.num_experts,
-                    epochs=opts.expert_train_epochs,
-                    lr=opts.lr_teacher,
-                    batch_size=opts.expert_batch_size,
-                    zca=dataset.preprocessing.zca is not None,
-                )
                 experts = ensure_experts(
                     dataset,
-                    config,
+                    self.expert_config(dataset),
                     self.context.cache_dir,
                     self.context.device,
                     self.context.notice,

@@ -25,6 +25,7 @@ from dcbench_tesla.cli.common import (
     parse_set,
     progress_option,
     threads_option,
+    yes_option,
 )
 from dcbench_tesla.data import DEFAULT_DATASET
 from dcbench_tesla.errors import UserError
@@ -78,6 +79,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
         device=kw["device"],
         threads=kw["threads"],
         progress=not kw["no_progress"],
+        yes=bool(kw.get("yes")),
     )
 
 
@@ -112,6 +114,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
     "[benches/<preset> or benches/<dataset>-<methods>-ipc<ipcs>].",
 )
 @click.option("--overwrite", is_flag=True, help="Discard the results in --output and compute every cell again.")
+@yes_option
 @progress_option
 @executor_options
 def bench_command(**kw: Any) -> None:

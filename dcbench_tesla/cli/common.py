@@ -228,6 +228,13 @@ def eval_lr_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def yes_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--yes``."""
+    return click.option(
+        "--yes", is_flag=True, help="Run even when the estimated cost is far above the dataset's config cards."
+    )(func)
+
+
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--no-progress``."""
     return click.option("--no-progress", is_flag=True, help="Hide progress bars.")(func)

@@ -21,6 +21,7 @@ from dcbench_tesla.cli.common import (
     image_size_option,
     progress_option,
     threads_option,
+    yes_option,
 )
 
 
@@ -31,13 +32,15 @@ from dcbench_tesla.cli.common import (
     "--num-experts",
     type=Bounded(int, 1, 10_000),
     default=None,
-    help="Experts to train (1..10000) [the dataset's default, see its spec: 100 on CIFAR, 50 on ImageNet-64].",
+    help="Experts to train (1..10000) [what the dataset's config cards read, else the dataset's default].",
 )
 @click.option(
     "--epochs", type=EPOCHS, default=None, help="Training epochs per expert [50; read from the files with --import]."
 )
-@click.option("--lr", type=EVAL_LR, default=None, help="SGD learning rate [0.01].")
-@click.option("--batch-size", type=Bounded(int, 1, 1_000_000), default=None, help="Training batch size [256].")
+@click.option("--lr", type=EVAL_LR, default=None, help="SGD learning rate [the cards', else 0.01].")
+@click.option(
+    "--batch-size", type=Bounded(int, 1, 1_000_000), default=None, help="Training batch size [the cards', else 256]."
+)
 @click.option(
     "--zca/--no-zca",
     default=False,
@@ -69,6 +72,7 @@ from dcbench_tesla.cli.common import (
     help="Import an upstream MTT/TESLA replay_buffer_<n>.pt file or folder instead of training (repeatable).",
 )
 @progress_option
+@yes_option
 @executor_options
 def experts_command(**kw: Any) -> None:
     """Train expert trajectories for trajectory matching (resumable), or import upstream ones.

@@ -26,6 +26,7 @@ from dcbench_tesla.cli.common import (
     parse_set,
     progress_option,
     threads_option,
+    yes_option,
 )
 from dcbench_tesla.data import DEFAULT_DATASET
 
@@ -62,6 +63,7 @@ from dcbench_tesla.data import DEFAULT_DATASET
     help="Save the full state every N iterations (0: only on SIGINT/SIGTERM).",
 )
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its checkpoint.")
+@yes_option
 @click.option(
     "--eval-every",
     type=EVERY,
@@ -104,6 +106,7 @@ def run_command(**kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"],
         resume=kw["resume"],
         eval_every=kw["eval_every"],
+        yes=kw["yes"],
     )
     with executor_from_flags(kw, log_dir=(request.output or request.default_output()) / "logs"):
         run(request)

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.progress import progress_bar
 
 #: Share of one GPU an evaluation-model task asks for on CUDA: four small models train side by side.
 EVALUATION_GPU_FRACTION = 0.25
@@ -43,6 +44,10 @@ class Task:
         gpu_fraction: Share of one GPU asked for on CUDA (1.0: a whole GPU of its own).
         threads: Torch intra-op threads of the task [the executor's, see :class:`Executor`].
         message: A line printed when the task starts (locally) or is submitted (to a cluster).
+        units: Work units the task counts on the progress bar (epochs, say) [1: the task itself].
+        on_unit: Keyword argument of ``fn`` through which it reports one unit done. The local
+            executor passes the bar's callback there, so the bar moves (and its ETA holds) within a
+            task; a remote executor passes nothing and counts the task's units when it completes.
     """
 
     name: str
@@ -53,6 +58,8 @@ class Task:
     gpu_fraction: float = 1.0
     threads: int | None = None
     message: str = ""
+    units: int = 1
+    on_unit: str | None = None
 
 
 @dataclass
@@ -240,34 +247,51 @@ def _redirected(log: TextIO | None) -> Iterator[None]:
 
 
 class TaskBar:
-    """One progress bar over tasks: done of total, with running and failed counts."""
+    """One progress bar over tasks (in their work units): done of total, with running and failed counts.
 
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, leave=False)
+    Uses :func:`~dcbench_tesla.progress.progress_bar`: on stderr, and only on a terminal.
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool, unit: str) -> None:
+        self.bar = progress_bar(total, desc, enabled, unit=unit, initial=initial)
         self.running = self.failed = 0
+        self.current = ""
+        self._advanced: dict[int, int] = {}
 
-    def started(self, count: int = 1) -> None:
-        """``count`` more tasks are running (or queued on a cluster)."""
+    def started(self, count: int = 1, name: str = "") -> None:
+        """``count`` more tasks are running (or queued on a cluster); ``name``: the one running here."""
         self.running += count
+        self.current = name
         self._show()
+
+    def advance(self, index: int) -> Callable[[], None]:
+        """The callback task ``index`` calls after each of its units."""
+
+        def one_unit() -> None:
+            self._advanced[index] = self._advanced.get(index, 0) + 1
+            self.bar.update(1)
+
+        return one_unit
 
     def finished(self, outcome: Outcome) -> None:
-        """A task completed (done, or failed)."""
+        """A task completed (done, or failed): its units not yet counted are counted now."""
         self.running -= 1
         self.failed += not outcome.ok
+        self.current = ""
         self._show()
-        self.bar.update(1)
+        self.bar.update(max(0, outcome.task.units - self._advanced.pop(outcome.index, 0)))
 
     def write(self, line: str) -> None:
-        """Print ``line`` above the bar."""
-        self.bar.write(line, file=sys.stdout)
+        """Print ``line`` (to stdout, above the bar when there is one)."""
+        tqdm.write(line, file=sys.stdout)
 
     def close(self) -> None:
         """Remove the bar."""
         self.bar.close()
 
     def _show(self) -> None:
-        self.bar.set_postfix_str(f"running {self.running}, failed {self.failed}", refresh=False)
+        now = f"{self.current}; " if self.current else ""
+        self.bar.set_postfix_str(f"{now}running {self.running}, failed {self.failed}", refresh=False)
 
 
 class Executor:
@@ -303,6 +327,7 @@ class Executor:
         desc: str = "tasks",
         progress: bool = False,
         log_dir: Path | str | None = None,
+        unit: str = "task",
         initial: int = 0,
     ) -> Iterator[Outcome]:
         """Run ``tasks``; yield each one's :class:`Outcome` as it completes.
@@ -310,9 +335,10 @@ class Executor:
         Args:
             tasks: The tasks (names unique).
             desc: Label of the progress bar.
-            progress: Show the progress bar (done / running / failed).
+            progress: Show the progress bar (done / running / failed; on a terminal only).
             log_dir: Where ``<name>.log`` of each task goes [the executor's ``log_dir``].
-            initial: Tasks done before this call (the bar starts there).
+            unit: What the tasks' ``units`` count, for the bar.
+            initial: Units done before this call (the bar starts there).
 
         Raises:
             ValueError: two tasks share a name.
@@ -325,7 +351,7 @@ class Executor:
             raise ValueError(f"task names must be unique, got {names}")
         directory = Path(log_dir) if log_dir is not None else self.log_dir
         logs = [directory.absolute() / f"{task.name}.log" if directory is not None else None for task in tasks]
-        bar = TaskBar(len(tasks) + initial, initial, desc, progress)
+        bar = TaskBar(sum(task.units for task in tasks) + initial, initial, desc, progress, unit)
         try:
             for outcome in self._run(tasks, logs, bar):
                 bar.finished(outcome)

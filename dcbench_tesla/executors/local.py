@@ -22,7 +22,8 @@ class LocalExecutor(Executor):
         for index, (task, log) in enumerate(zip(tasks, logs, strict=True)):
             if task.message:
                 bar.write(task.message)
-            bar.started()
+            bar.started(name=task.name)
             meta = TaskMeta(task.name, str(log) if log else None, self.task_threads(task), capture=False)
-            value = run_task(task.fn, meta, *task.args, **task.kwargs)
+            kwargs = {**task.kwargs, task.on_unit: bar.advance(index)} if task.on_unit else task.kwargs
+            value = run_task(task.fn, meta, *task.args, **kwargs)
             yield Outcome(task, index, value=value, log=log)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
@@ -63,9 +62,13 @@ def expert_directory(cache_dir: Path | str, config: ExpertConfig, dataset: Datas
 
 
 def train_one_expert(
-    dataset: Dataset, config: ExpertConfig, index: int, device: torch.device | str, progress: bool = False
+    dataset: Dataset,
+    config: ExpertConfig,
+    index: int,
+    device: torch.device | str,
+    on_epoch: Callable[[], None] | None = None,
 ) -> tuple[Tensor, float]:
-    """Train expert ``index`` of ``config`` on ``dataset``.
+    """Train expert ``index`` of ``config`` on ``dataset`` (``on_epoch`` is called after every epoch).
 
     Returns:
         The trajectory, float32 ``(epochs + 1, P)`` on the CPU, and the final test accuracy.
@@ -88,9 +91,10 @@ def train_one_expert(
     if device.type != "cpu" and images.numel() * images.element_size() <= _RESIDENT_BYTES:
         images, labels = images.to(device), labels.to(device)
     model.train()
-    epochs = tqdm(range(config.epochs), desc=f"expert {index}", leave=False, disable=not progress)
-    for epoch in epochs:
+    for epoch in range(config.epochs):
         train_one_epoch(model, optimizer, images, labels, config.batch_size, augment, generator, device)
+        if on_epoch is not None:
+            on_epoch()
         snapshot = flat.flatten().float().cpu()
         if not bool(torch.isfinite(snapshot).all()):
             raise UserError(
@@ -101,11 +105,15 @@ def train_one_expert(
 
 
 def _expert_task(
-    dataset: Dataset, config: ExpertConfig, index: int, device: torch.device | str, progress: bool
+    dataset: Dataset,
+    config: ExpertConfig,
+    index: int,
+    device: torch.device | str,
+    on_epoch: Callable[[], None] | None = None,
 ) -> tuple[Tensor, float, float, int]:
     """Expert ``index`` as an executor task: its trajectory, test accuracy, seconds and torch threads."""
     start = time.perf_counter()
-    trajectory, accuracy = train_one_expert(dataset, config, index, device_here(device), progress=progress)
+    trajectory, accuracy = train_one_expert(dataset, config, index, device_here(device), on_epoch=on_epoch)
     return trajectory, accuracy, time.perf_counter() - start, torch.get_num_threads()
 
 
@@ -184,14 +192,21 @@ def train_experts(
         Task(
             name=expert_filename(index).rsplit(".", 1)[0],
             fn=_expert_task,
-            args=(shared, config, index, device, progress and not executor.remote),
+            args=(shared, config, index, device),
             device=str(device),
+            units=config.epochs,
+            on_unit="on_epoch",
         )
         for index in missing
     ]
     failures = []
     outcomes = executor.map(
-        tasks, desc="experts", progress=progress, log_dir=directory / "logs", initial=config.num_experts - len(missing)
+        tasks,
+        desc="experts",
+        progress=progress,
+        log_dir=directory / "logs",
+        unit="epoch",
+        initial=(config.num_experts - len(missing)) * config.epochs,
     )
     for outcome in outcomes:
         if not outcome.ok:

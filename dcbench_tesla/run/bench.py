@@ -69,6 +69,7 @@ class BenchRequest:
         threads: Torch intra-op threads.
         progress: Show progress bars.
         cache_dir: Cache of ZCA states and experts [``$DCBENCH_CACHE``].
+        yes: Run cells whose estimated cost is far above the dataset's config cards.
     """
 
     methods: list[str]
@@ -91,6 +92,7 @@ class BenchRequest:
     threads: int | None = None
     progress: bool = True
     cache_dir: Path | None = None
+    yes: bool = False
 
 
 @dataclass
@@ -217,6 +219,7 @@ def plan(request: BenchRequest) -> BenchPlan:
         threads=request.threads,
         progress=request.progress,
         cache_dir=request.cache_dir,
+        yes=request.yes,
         overwrite=True,  # a cell is only ever computed when it has no result.json
     )
     cells: list[Cell] = []

@@ -51,6 +51,7 @@ class RunRequest:
     checkpoint_every: int = 100
     resume: bool = False
     eval_every: int = 0
+    yes: bool = False
 
     def default_output(self) -> Path:
         """``runs/<method>-<dataset>-ipc<ipc>-seed<seed>``."""
@@ -74,6 +75,8 @@ class ResolvedRun:
         models: Evaluation architectures (the first one also monitors ``--eval-every``).
         device: The torch device.
         rundir: The run directory.
+        resumes: Whether the episode resumes from the run directory's checkpoint (``--resume`` with
+            a checkpoint there; ``--resume`` on a run stopped before its first checkpoint starts over).
     """
 
     request: RunRequest
@@ -88,6 +91,7 @@ class ResolvedRun:
     models: list[str]
     device: Any
     rundir: RunDir
+    resumes: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run that wrote the checkpoint."""
@@ -113,7 +117,8 @@ class ResolvedRun:
 
     def for_resume(self) -> ResolvedRun:
         """The same run, resuming from the checkpoint of its run directory."""
-        return dataclasses.replace(self, request=dataclasses.replace(self.request, resume=True, overwrite=False))
+        request = dataclasses.replace(self.request, resume=True, overwrite=False)
+        return dataclasses.replace(self, request=request, resumes=True)
 
     def load_dataset(self) -> Any:
         """Load and preprocess the dataset (the expensive part, done once the request is valid)."""
@@ -126,10 +131,13 @@ class ResolvedRun:
 def option_layers(request: RunRequest, method_spec: MethodSpec) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """Merge option layers (defaults < card < config file < flags).
 
+    The card is the method's card for the dataset and IPC, else the dataset's card at the nearest IPC
+    (recorded as derived, with the IPC it was written for).
+
     Returns:
         The merged option overrides, a description of the layers, and whether to use ZCA.
     """
-    card = method_spec.card_for(request.dataset, request.ipc)
+    card = method_spec.nearest_card(request.dataset, request.ipc)
     file_options = read_config_file(request.config_file) if request.config_file else {}
     flag_options = dict(request.options)
     if request.iterations is not None:
@@ -138,7 +146,15 @@ def option_layers(request: RunRequest, method_spec: MethodSpec) -> tuple[dict[st
     zca = request.zca if request.zca is not None else bool(card.zca) if card and card.zca is not None else False
     layers = {
         "spec_defaults": method_spec.kwargs,
-        "config_card": {"options": card.options, "zca": card.zca, "source": card.source} if card else None,
+        "config_card": {
+            "options": card.options,
+            "zca": card.zca,
+            "source": card.source,
+            "ipc": card.ipc,
+            "derived": card.ipc != request.ipc,
+        }
+        if card
+        else None,
         "config_file": {"path": str(request.config_file), "options": file_options} if request.config_file else None,
         "flags": flag_options,
     }
@@ -181,18 +197,19 @@ def resolve(request: RunRequest) -> ResolvedRun:
     if request.eval_lr is not None:
         evaluation_lr(None, "learned", request.eval_lr, protocol)
     rundir = RunDir(request.output or request.default_output())
-    rundir.check_usable(request.overwrite, request.resume)
+    resumes = rundir.check_usable(request.overwrite, request.resume)
     return ResolvedRun(
         request=request,
         spec=method_spec,
         overrides=overrides,
         options=options,
         layers=layers,
-        card=method_spec.card_for(request.dataset, request.ipc),
+        card=method_spec.nearest_card(request.dataset, request.ipc),
         zca=zca,
         dataset=data,
         protocol=protocol,
         models=models,
         device=device,
         rundir=rundir,
+        resumes=resumes,
     )

@@ -105,25 +105,39 @@ class RunDir:
         """True when a checkpoint exists (an unfinished run that can be resumed)."""
         return self.checkpoint.is_file()
 
-    def check_usable(self, overwrite: bool, resume: bool) -> None:
-        """Refuse a non-directory, an existing run (unless ``overwrite``), or a resume without a checkpoint.
+    def is_restartable(self) -> bool:
+        """True for a run stopped before its first checkpoint: only ``config.json`` / ``metrics.jsonl``.
+
+        Such a directory holds nothing a rerun would lose (no result, no checkpoint, no set), so the
+        same command may start it again without ``--overwrite``.
+        """
+        present = {p.name for p in self.path.iterdir()} if self.path.is_dir() else set()
+        return bool(present) and present <= {self.CONFIG, self.METRICS}
+
+    def check_usable(self, overwrite: bool, resume: bool) -> bool:
+        """Check the directory can take this run; return whether it resumes from a checkpoint.
+
+        A fresh or restartable directory (see :meth:`is_restartable`) is used as is, also with
+        ``--resume`` (then the run starts from the beginning: there is no state to resume).
 
         Raises:
-            UserError: with what to do instead.
+            UserError: a non-directory, an existing run without ``overwrite``, contradictory flags, or
+                ``--resume`` where there is nothing to resume from.
         """
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output {str(self.path)!r} exists and is not a directory")
-        if resume:
-            if overwrite:
-                raise UserError("--resume and --overwrite contradict each other; pass one")
-            if not self.has_checkpoint():
-                raise UserError(f"nothing to resume: {str(self.checkpoint)!r} does not exist (run without --resume)")
-            return
-        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+        if resume and overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one")
+        if resume and self.has_checkpoint():
+            return True
+        if resume and not self.is_restartable():
+            raise UserError(f"nothing to resume: {str(self.checkpoint)!r} does not exist (run without --resume)")
+        if self.path.is_dir() and any(self.path.iterdir()) and not (overwrite or self.is_restartable()):
             raise UserError(
                 f"run directory {str(self.path)!r} already holds files; pass --overwrite to replace them, "
                 "or choose another --output"
             )
+        return False
 
     def open(self, resume: bool) -> None:
         """Create the directory (checking it is writable) and remove files a fresh or resumed run rewrites."""

@@ -1,16 +1,19 @@
-"""``dcbench run``: resolve the request, distil, evaluate, record.
+"""``dcbench run``: resolve the request, say what will happen, distil, evaluate, record.
 
 The runner never branches on a method's name: what it needs of a method comes from its spec
-(its evaluation lr rule, its role) and its distiller (options, OOM advice).
+(its evaluation-lr rule, its role, its cards) and its distiller (options, work estimate, OOM advice).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from contextlib import contextmanager
 from typing import Any
 
 from dcbench_tesla.data import Dataset
-from dcbench_tesla.distiller import RunContext
-from dcbench_tesla.errors import UserError
+from dcbench_tesla.distiller import Distiller, RunContext
+from dcbench_tesla.errors import Interrupted, UserError
 from dcbench_tesla.evaluation import (
     EvaluationResult,
     evaluate_images,
@@ -20,11 +23,59 @@ from dcbench_tesla.evaluation import (
 )
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.method import build_distiller
+from dcbench_tesla.run import estimate
 from dcbench_tesla.run.loop import run_episode
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
 from dcbench_tesla.run.rundir import RESULT_SCHEMA_VERSION, ResultRecord
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar
+from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar, Wrapper
+
+
+class Phases:
+    """Wall-clock seconds of each phase of a run, for the summary at the end."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Any:
+        """Time the block as ``name`` (added up over repeated blocks)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def line(self) -> str:
+        """``"time: load 0.3 s, set-up 12 s, ... (total 80 s)"``."""
+        parts = [f"{name} {estimate.human_seconds(s)}" for name, s in self.seconds.items()]
+        return f"time: {', '.join(parts)} (total {estimate.human_seconds(sum(self.seconds.values()))})"
+
+
+class TimeReset(Wrapper):
+    """Times ``reset`` (the method's set-up: expert training and the like) as its own phase."""
+
+    def __init__(self, env: Distiller, phases: Phases) -> None:  # noqa: D107
+        super().__init__(env)
+        self.phases = phases
+
+    def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:
+        """Reset inside the ``set-up`` phase; Ctrl-C there stops with the way to continue."""
+        with self.phases.phase("set-up"):
+            try:
+                return self.env.reset(dataset, ipc, seed)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    "interrupted during set-up, before iteration 1; what set-up finished (such as trained "
+                    "experts, cached one by one) is kept. Continue with the same command (or with --resume)."
+                ) from None
+
+
+def run_context(run: ResolvedRun) -> RunContext:
+    """The runtime settings the method gets (device, cache, progress)."""
+    request = run.request
+    cache = {"cache_dir": request.cache_dir} if request.cache_dir else {}
+    return RunContext(device=run.device, progress=request.progress, **cache)
 
 
 def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
@@ -45,19 +96,13 @@ def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
     return evaluate
 
 
-def distil(run: ResolvedRun, dataset: Dataset) -> SyntheticSet:
-    """Build the method, wrap it (finite check, periodic evaluation, log, checkpoint, progress) and run the episode."""
+def distil(run: ResolvedRun, dataset: Dataset, distiller: Distiller, phases: Phases) -> SyntheticSet:
+    """Wrap the method (finite check, periodic evaluation, log, checkpoint, progress) and run its episode."""
     request = run.request
-    context = RunContext(
-        device=run.device,
-        progress=request.progress,
-        **({"cache_dir": request.cache_dir} if request.cache_dir else {}),
-    )
-    distiller = build_distiller(run.spec, run.options, context)
-    env: Any = FiniteInfo(distiller)
+    env: Any = TimeReset(FiniteInfo(distiller), phases)
     if request.eval_every > 0:
         env = EvaluateEvery(env, request.eval_every, periodic_evaluation(run, dataset))
-    env = MetricsLog(env, run.rundir.metrics, fresh=not request.resume)
+    env = MetricsLog(env, run.rundir.metrics, fresh=not run.resumes)
     checkpoint = env = Checkpoint(env, run.rundir.checkpoint, request.checkpoint_every, run.identity())
     total = distiller.iterations
     env = ProgressBar(env, total=total, enabled=request.progress, desc=f"distil {request.method}")
@@ -69,10 +114,11 @@ def distil(run: ResolvedRun, dataset: Dataset) -> SyntheticSet:
             request.seed,
             total,
             checkpoint=checkpoint,
-            resume=request.resume,
+            resume=run.resumes,
             method=request.method,
             notice=print,
         )
+        checkpoint.save()  # the finished episode: an interrupted evaluation resumes without distilling
         return env.synthetic_set()
     finally:
         env.close()
@@ -91,32 +137,70 @@ def check_exported_set(syn: Any, dataset: Dataset, method: str) -> None:
 
 
 def evaluate(run: ResolvedRun, dataset: Dataset, syn: SyntheticSet) -> dict[str, EvaluationResult | None]:
-    """The set, the random real subset beside it (unless the method is the baseline) and the whole dataset."""
+    """The set (its own lr rule), the random real subset beside it and the whole dataset (the protocol's lr).
+
+    The random real subset is the papers' Random column: hard labels and the protocol's fixed lr,
+    the same number whatever method it is printed beside.
+    """
     request, protocol = run.request, run.protocol
     lr = evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol)
-    common = (dataset, run.models)
+    context = (run.models, protocol, request.seed, run.device, request.progress)
     results: dict[str, EvaluationResult | None] = {"evaluation": None, "baseline": None, "whole_dataset": None}
-    results["evaluation"] = evaluate_images(
-        syn.images, syn.labels, *common, lr, protocol, request.seed, run.device, request.progress, "evaluate"
-    )
+    results["evaluation"] = evaluate_images(syn.images, syn.labels, dataset, *context[:1], lr, *context[1:], "evaluate")
     if request.baseline and not run.spec.is_baseline:
         images, labels = random_real_subset(dataset, request.ipc, request.seed)
         results["baseline"] = evaluate_images(
-            images, labels, *common, lr, protocol, request.seed, run.device, request.progress, "baseline"
+            images, labels, dataset, run.models, protocol.fixed_lr, *context[1:], "random real subset"
         )
     if request.whole_dataset:
         results["whole_dataset"] = evaluate_images(
-            dataset.train_images,
-            dataset.train_labels,
-            *common,
-            protocol.fixed_lr,
-            protocol,
-            request.seed,
-            run.device,
-            request.progress,
-            "whole dataset",
+            dataset.train_images, dataset.train_labels, dataset, run.models, protocol.fixed_lr, *context[1:], "whole"
         )
     return results
+
+
+def header(run: ResolvedRun, dataset: Dataset, distiller: Distiller, work: dict[str, float], step_s: float) -> str:
+    """What the run will do, printed before any work: method, card, changed options, output, estimates."""
+    request = run.request
+    lines = [f"{request.method} on {request.dataset}, IPC {request.ipc}, seed {request.seed} -> {run.rundir}"]
+    card = run.card
+    if card is None:
+        lines.append("  card: none for this dataset; the method's defaults")
+    else:
+        derived = (
+            f" (derived: no card at IPC {request.ipc}; the nearest is IPC {card.ipc})"
+            if card.ipc != request.ipc
+            else ""
+        )
+        lines.append(f"  card: {card.dataset} IPC {card.ipc}{derived}; source: {card.source or 'not given'}")
+    defaults = dataclasses.asdict(type(distiller.options)())
+    changed = {k: v for k, v in dataclasses.asdict(distiller.options).items() if defaults.get(k) != v}
+    if changed:
+        lines.append("  options (not the defaults): " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    protocol = run.protocol
+    lines.append(
+        f"  evaluation: {protocol.name}, {protocol.num_models} model(s) x {protocol.epochs} epochs on "
+        f"{', '.join(run.models)}; {len(dataset.train_images)} training images"
+    )
+    if work:
+        parts = [f"{phase} ~{estimate.human_seconds(units * step_s)}" for phase, units in work.items() if units]
+        lines.append(
+            f"  estimated time: {', '.join(parts) or 'nothing to compute'} (calibrated here: "
+            f"{1000 * step_s:.3f} ms per image-step; an estimate)"
+        )
+    return "\n".join(lines)
+
+
+def check_cost(run: ResolvedRun, dataset: Dataset, work: dict[str, float], step_s: float, context: RunContext) -> None:
+    """Ask for ``--yes`` when a phase is far above what the dataset's cards ask for."""
+    name = run.request.dataset
+    far = estimate.far_above_cards(work, estimate.card_work(run, dataset, context))
+    if far:
+        what = "; ".join(
+            f"{phase} ~{estimate.human_seconds(work[phase] * step_s)} ({ratio:.0f}x the largest card of {name})"
+            for phase, ratio in far.items()
+        )
+        estimate.confirm_or_refuse(f"this run costs far more than the config cards of {name}: {what}", run.request.yes)
 
 
 def run(target: RunRequest | ResolvedRun) -> ResultRecord:
@@ -130,22 +214,34 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     run = target if isinstance(target, ResolvedRun) else resolve(target)
     request = run.request
     set_threads(request.threads)
-    if run.spec.config_cards and run.card is None:
-        print(
-            f"notice: no config card for {request.method} on {request.dataset} at IPC {request.ipc}; using its defaults"
-        )
-    dataset = run.load_dataset()
+    phases = Phases()
+    with phases.phase("load"):
+        dataset = run.load_dataset()
     check_ipc(dataset, request.ipc)
-    run.rundir.open(request.resume)
+    context = run_context(run)
+    distiller = build_distiller(run.spec, run.options, context)
+    work = {**distiller.estimate_work(dataset, request.ipc), **estimate.evaluation_work(run, dataset)}
+    step_s = estimate.seconds_per_image_step(run.models[0], dataset, run.device)
+    print(header(run, dataset, distiller, work, step_s), flush=True)
+    check_cost(run, dataset, work, step_s, context)
+    run.rundir.open(run.resumes)
     config = run.config_record(torch.get_num_threads())
     write_json_atomic(run.rundir.config, config)  # on resume: same identity, current evaluation settings
-    syn = distil(run, dataset)
+    start = time.perf_counter()
+    syn = distil(run, dataset, distiller, phases)
+    phases.seconds["distillation"] = time.perf_counter() - start - phases.seconds.get("set-up", 0.0)
     check_exported_set(syn, dataset, request.method)
     syn.config = config
     syn.extra = {"versions": provenance(run.device)["versions"]}
     syn.save(run.rundir.synthetic_set)
-
-    results = evaluate(run, dataset, syn)
+    try:
+        with phases.phase("evaluation"):
+            results = evaluate(run, dataset, syn)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted during evaluation; the distilled set is saved. Continue with the same command plus "
+            "--resume (it evaluates again without distilling)."
+        ) from None
     record: ResultRecord = {
         "schema_version": RESULT_SCHEMA_VERSION,
         "method": run.spec.to_dict(),
@@ -159,15 +255,17 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
         "whole_dataset": results["whole_dataset"].to_dict() if results["whole_dataset"] else None,
         "reference_accuracy": run.spec.reference_accuracy.get(request.dataset, {}).get(request.ipc),
         "synthetic_set": run.rundir.SYNTHETIC_SET,
-        "provenance": provenance(run.device),
+        "provenance": {**provenance(run.device), "phase_seconds": phases.seconds},
     }
     write_json_atomic(run.rundir.result, record)
+    run.rundir.checkpoint.unlink(missing_ok=True)  # finished: the result and the set are what is kept
     print(summary(run, results))
+    print(phases.line())
     return record
 
 
 def summary(run: ResolvedRun, results: dict[str, EvaluationResult | None]) -> str:
-    """The lines ``dcbench run`` prints at the end."""
+    """The lines ``dcbench run`` prints at the end (every accuracy with the lr it was trained with)."""
     request, evaluation = run.request, results["evaluation"]
     protocol = evaluation.protocol
     lines = [
@@ -176,10 +274,10 @@ def summary(run: ResolvedRun, results: dict[str, EvaluationResult | None]) -> st
     ]
     for name, result in evaluation.by_model.items():
         line = f"  {name}: test accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
-        if results["baseline"] is not None:
-            line += f"   random real subset: {format_accuracy(results['baseline'].by_model[name])} %"
-        if results["whole_dataset"] is not None:
-            line += f"   whole dataset: {format_accuracy(results['whole_dataset'].by_model[name])} %"
+        for key, label in (("baseline", "random real subset"), ("whole_dataset", "whole dataset")):
+            other = results[key]
+            if other is not None:
+                line += f"   {label}: {format_accuracy(other.by_model[name])} %  (lr {other.by_model[name].lr:.4g})"
         lines.append(line)
     lines.append(f"run directory: {run.rundir}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from dcbench_tesla.cli.bench import bench_command as bench
 from dcbench_tesla.cli.bench import request_from_flags
 from dcbench_tesla.data import DATASETS
+from dcbench_tesla.errors import Interrupted
 from dcbench_tesla.method import METHODS, MethodSpec, register_method
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.run import runner
@@ -127,7 +128,7 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "run", counting_run)
     monkeypatch.setattr(runner, "evaluate_images", evaluate_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="interrupted during evaluation"):  # Ctrl-C mid-evaluation
         run_bench([STUB], "digits", [1, 2], None, out, **TINY)
     first = out / "cells" / f"{STUB}-ipc1" / "result.json"
     killed = out / "cells" / f"{STUB}-ipc2"

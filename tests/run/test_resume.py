@@ -81,7 +81,8 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_130(tmp_path):
     run_dir = tmp_path / "run"
-    proc = dcbench(*TINY_TESLA, "--iterations", "100000", "--checkpoint-every", "0", "--output", run_dir, wait=False)
+    args = ("--iterations", "100000", "--yes", "--checkpoint-every", "0", "--output", run_dir)
+    proc = dcbench(*TINY_TESLA, *args, wait=False)
     wait_for_iteration(proc, run_dir, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -100,10 +101,13 @@ def test_resume_errors(tmp_path):
 @pytest.mark.slow
 def test_resume_with_another_seed_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    first = dcbench(*TINY_TESLA, "--iterations", "2", "--checkpoint-every", "1", "--output", run_dir)
-    assert first.returncode == 0, first.stderr
+    first = dcbench(*TINY_TESLA, "--iterations", "50", "--checkpoint-every", "1", "--output", run_dir, wait=False)
+    wait_for_iteration(first, run_dir, 2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (run_dir / "checkpoint.safetensors").exists()
     other = [a if a != "3" else "4" for a in TINY_TESLA]
-    result = dcbench(*other, "--iterations", "2", "--output", run_dir, "--resume")
+    result = dcbench(*other, "--iterations", "50", "--output", run_dir, "--resume")
     assert result.returncode == 2 and "belongs to another run" in result.stderr
 
 

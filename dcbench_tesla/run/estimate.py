@@ -1,0 +1,108 @@
+"""Cost before work: how long each phase of a run should take, and whether it is far above the cards.
+
+Methods report the work of their phases in image-steps (one forward + backward of one image, see
+``Distiller.estimate_work``); evaluation's work is counted here. A short calibration (a few SGD
+steps of the evaluation architecture on this machine) turns image-steps into seconds. The figures
+are estimates, printed as such.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from dcbench_tesla.errors import UserError
+
+#: A phase more than this many times the largest the dataset's config cards ask for needs ``--yes``.
+FAR_ABOVE = 4.0
+_CALIBRATION_BATCH = 32
+_CALIBRATION_STEPS = 3
+
+
+def seconds_per_image_step(model_name: str, dataset: Any, device: Any) -> float:
+    """Measured seconds of one SGD step per image for ``model_name`` on ``dataset``'s images here."""
+    import torch
+    import torch.nn.functional as F
+
+    from dcbench_tesla.models import build_model
+
+    c, h, _ = dataset.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(model_name, channels=c, num_classes=dataset.num_classes, image_size=h).to(device)
+        x = dataset.train_images[:_CALIBRATION_BATCH].to(device)
+        y = dataset.train_labels[:_CALIBRATION_BATCH].to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        times = []
+        for _ in range(_CALIBRATION_STEPS + 1):
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2] / x.shape[0]
+
+
+def evaluation_work(run: Any, dataset: Any) -> dict[str, float]:
+    """Image-steps of the evaluations: K models x epochs x images, per architecture, for each set evaluated."""
+    request, protocol = run.request, run.protocol
+    per_set = len(run.models) * protocol.num_models * protocol.epochs
+    images = dataset.num_classes * request.ipc
+    work = {"evaluation": float(per_set * images)}
+    if request.baseline and not run.spec.is_baseline:
+        work["evaluation"] += float(per_set * images)
+    if request.whole_dataset:
+        work["whole dataset"] = float(per_set * dataset.train_images.shape[0])
+    return work
+
+
+def card_work(run: Any, dataset: Any, context: Any) -> dict[str, float]:
+    """The largest work of each phase over the method's config cards for this dataset (uncached)."""
+    from dcbench_tesla.config import build_options
+    from dcbench_tesla.method import build_distiller, distiller_class
+
+    largest: dict[str, float] = {}
+    for card in run.spec.config_cards:
+        if card.dataset != run.request.dataset:
+            continue
+        options = build_options(distiller_class(run.spec).Config, {**run.spec.kwargs, **card.options}, owner="card")
+        distiller = build_distiller(run.spec, options, context)
+        for phase, units in distiller.estimate_work(dataset, card.ipc, cached=False).items():
+            largest[phase] = max(largest.get(phase, 0.0), units)
+    return largest
+
+
+def far_above_cards(work: dict[str, float], cards: dict[str, float]) -> dict[str, float]:
+    """Phases whose work is more than :data:`FAR_ABOVE` times the cards' largest, with the ratio."""
+    return {
+        phase: units / cards[phase]
+        for phase, units in work.items()
+        if cards.get(phase) and units > FAR_ABOVE * cards[phase]
+    }
+
+
+def human_seconds(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def confirm_or_refuse(what: str, yes: bool) -> None:
+    """Go on if ``yes``; ask on a terminal; refuse (exit 2 naming ``--yes``) without one.
+
+    Raises:
+        UserError: no terminal and no ``--yes``, or the user said no.
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{what}. Nothing was started; pass --yes to run it anyway.")
+    answer = input(f"{what}. Continue? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UserError("stopped before starting (answer was not yes); nothing was written")
