@@ -5,8 +5,9 @@ Runs, in this order, in one driver process with one torch thread per task:
 1. the bench (``random,dm`` x IPC ``1,2`` on digits) and the experts (4 ConvNet experts) with the
    local executor (one task after another, in this process);
 2. ``ray.init`` of a local Ray instance with ``--workers`` CPUs (the start-up cost, timed alone);
-3. the same bench and experts through Ray (the bench meets cold workers: their imports of torch and
-   dcbench are in its time), then the experts on warm workers;
+3. the same bench and experts through Ray (the first bench meets cold workers: their imports of
+   torch and dcbench are in its time; the same bench again into another directory on warm workers),
+   then the experts on warm workers;
 4. Ray's per-task overhead: the first no-op task after start-up, and many no-op tasks through the
    executor on warm workers;
 
@@ -102,6 +103,7 @@ def run_all(work: Path, size: dict[str, Any], workers: int) -> tuple[list[dict[s
     with open_executor("ray", threads=1) as executor:
         timed("ray: first no-op task after start-up", lambda: list(executor.map([Task("first", noop)])), log)
         timed("ray: 4-cell bench (cold workers)", bench_into("bench-ray"), log)
+        timed("ray: the same 4-cell bench again (warm workers)", bench_into("bench-ray-warm"), log)
         timed("ray: 4 experts (warm workers)", experts_into("experts-ray"), log)
         tasks = [Task(f"noop-{i}", noop) for i in range(size["overhead"])]
         timed(f"ray: {size['overhead']} no-op tasks (warm workers)", lambda: list(executor.map(tasks)), log)
@@ -161,7 +163,8 @@ def report(log: list[dict[str, Any]], checks: dict[str, Any], size: dict[str, An
         )
     lines += [
         "",
-        f"- bench speed-up (local / ray, Ray start-up excluded): {wall('local: 4-cell') / wall('ray: 4-cell'):.2f}x",
+        f"- bench speed-up (local / ray, Ray start-up excluded): {wall('local: 4-cell') / wall('ray: 4-cell'):.2f}x "
+        f"with cold workers, {wall('local: 4-cell') / wall('ray: the same 4-cell'):.2f}x with warm ones",
         f"- experts speed-up (local / ray): {wall('local: 4 experts') / wall('ray: 4 experts'):.2f}x",
         f"- Ray overhead per task on warm workers (submit, schedule, run a no-op, return): {per_task_ms:.1f} ms",
         f"- Ray start-up: {wall('ray: start'):.1f} s for ray.init, then {wall('ray: first no-op'):.1f} s for the first "
@@ -177,10 +180,12 @@ def report(log: list[dict[str, Any]], checks: dict[str, Any], size: dict[str, An
         "- It cannot show scaling: with 2 cores at most 2 one-thread tasks run at a time, so the best possible "
         "speed-up is 2x, less the longest cell (the dm cells take longer than the random ones), less Ray's costs, "
         "less whatever the other processes took. A local run with one thread leaves the second core idle only "
-        "when the machine is otherwise quiet.",
+        "when the machine is otherwise quiet; with a load average above the CPU count and this run at a lower "
+        "priority, the two Ray workers probably got little more CPU than the local run's one process did.",
         "- It cannot show a cluster: no second node (object transfers between nodes, the shared filesystem's "
         "latency for the bench directory and $DCBENCH_CACHE), and no GPU (num_gpus placement, fractional "
-        "evaluation GPUs). Those paths run only in the unit tests' logic and were not measured.",
+        "evaluation GPUs). Neither was run here: the GPU request is exercised only by the test in which this "
+        "CPU-only Ray instance refuses a task that asks for a GPU.",
         "",
     ]
     return "\n".join(lines)
