@@ -22,8 +22,8 @@ from torch import Tensor
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.executors import EVALUATION_GPU_FRACTION, Task, current_executor, device_here
 from dcbench_tesla.models import build_model
-from dcbench_tesla.progress import progress_bar
 from dcbench_tesla.registry import Registry
 
 
@@ -196,9 +196,10 @@ def train_and_test(
         lr: Initial learning rate.
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
-        device: Where to train.
+        device: Where to train (inside a remote task: as its worker sees it, see ``device_here``).
         on_epoch: Called after every epoch (progress reporting).
     """
+    device = device_here(device)
     c, h, _ = dataset.image_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -259,6 +260,17 @@ def test_accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, dev
     return correct / max(1, dataset.test_images.shape[0])
 
 
+def _evaluation_view(dataset: Dataset) -> Dataset:
+    """``dataset`` without its training images: all an evaluation model needs of it (shape, classes, test split)."""
+    shape = (0, *dataset.train_images.shape[1:])
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images.new_empty(shape),
+        train_labels=dataset.train_labels.new_empty((0,)),
+        _class_index={},
+    )
+
+
 def evaluate_images(
     images: Tensor,
     labels: Tensor,
@@ -273,21 +285,37 @@ def evaluate_images(
 ) -> EvaluationResult:
     """Train ``protocol.num_models`` fresh models of each architecture and test them.
 
-    With ``progress``, one bar counts epochs over every model (an honest ETA from the first epoch on)
-    and names the model being trained.
+    Every model is one task of the command's executor (:mod:`dcbench_tesla.executors`), seeded
+    from ``(seed, k)``; the set and the test split are shared with the tasks once, not per task.
+    On CUDA a model asks for :data:`~dcbench_tesla.executors.EVALUATION_GPU_FRACTION` of a GPU.
+    With ``progress``, one bar counts epochs over every model (locally an honest ETA from the
+    first epoch on; on a cluster a model's epochs count when it completes).
+
+    Raises:
+        UserError: a model's task failed on a remote executor (its error and log named).
     """
+    executor = current_executor()
+    shared = (executor.share(images), executor.share(labels), executor.share(_evaluation_view(dataset), key=dataset))
+    tasks = [
+        Task(
+            name=f"{label.replace(' ', '-')}-{model_name}-{k}",
+            fn=train_and_test,
+            args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
+            device=str(device),
+            gpu_fraction=EVALUATION_GPU_FRACTION,
+            units=protocol.epochs,
+            on_unit="on_epoch",
+        )
+        for model_name in models
+        for k in range(protocol.num_models)
+    ]
+    accuracies: list[float] = [math.nan] * len(tasks)
+    for outcome in executor.map(tasks, desc=label, progress=progress, unit="epoch"):
+        accuracies[outcome.index] = float(outcome.result())
     result = EvaluationResult(protocol=protocol, seed=seed)
-    total = len(models) * protocol.num_models * protocol.epochs
-    bar = progress_bar(total=total, desc=label, enabled=progress, unit="epoch")
-    for model_name in models:
-        accuracies = []
-        for k in range(protocol.num_models):
-            bar.set_postfix_str(f"{model_name} {k + 1}/{protocol.num_models}")
-            model_seed = _model_seed(seed, k)
-            acc = train_and_test(model_name, images, labels, dataset, lr, protocol, model_seed, device, bar.update)
-            accuracies.append(acc)
-        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=accuracies, lr=lr)
-    bar.close()
+    for position, model_name in enumerate(models):
+        per_model = accuracies[position * protocol.num_models : (position + 1) * protocol.num_models]
+        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=per_model, lr=lr)
     return result
 
 

@@ -50,12 +50,29 @@ def git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def command_line() -> str:
+    """The ``dcbench ...`` command that started this work (inside a remote task: the driver's)."""
+    from dcbench_tesla.executors import task_context
+
+    context = task_context()
+    if context is not None and context.get("command"):
+        return str(context["command"])
+    return " ".join(["dcbench", *sys.argv[1:]]) if sys.argv else ""
+
+
 def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Versions, device, thread count, command line and git revision."""
+    """Versions, device, thread count, command line, git revision and executor.
+
+    ``executor`` is :func:`~dcbench_tesla.executors.executor_record`: the command's executor (kind,
+    and for Ray its address, nodes and cluster resources) and, inside a remote task, where it ran.
+    """
+    from dcbench_tesla.executors import executor_record
+
     return {
         "versions": package_versions(),
         "device": device_description(device),
         "threads": torch.get_num_threads(),
-        "command": " ".join(["dcbench", *sys.argv[1:]]) if sys.argv else "",
+        "command": command_line(),
         "git_revision": git_revision(),
+        "executor": executor_record(),
     }

@@ -17,6 +17,8 @@ from dcbench_tesla.cli.common import (
     data_root_option,
     device_option,
     evaluation_options,
+    executor_from_flags,
+    executor_options,
     image_size_option,
     parse_ints,
     parse_list,
@@ -114,16 +116,19 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
 @click.option("--overwrite", is_flag=True, help="Discard the results in --output and compute every cell again.")
 @yes_option
 @progress_option
+@executor_options
 def bench_command(**kw: Any) -> None:
     """Run every (method, IPC) cell, resumably, and write results.csv and the paper's tables.
 
     Each cell is a normal run directory under OUTPUT/cells/. Cells already finished are
     read back, never recomputed: stop a bench at any time and run the same command again.
     A different request into the same OUTPUT is refused (use another --output or --overwrite).
+    With --executor ray the cells run side by side on a Ray cluster (task logs in OUTPUT/logs/).
     """
     from dcbench_tesla.run.bench import run_bench_request
 
-    run_bench_request(request_from_flags(kw))
+    with executor_from_flags(kw):
+        run_bench_request(request_from_flags(kw))
 
 
 def _shipped_presets() -> str:

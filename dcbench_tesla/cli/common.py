@@ -245,3 +245,44 @@ def yes_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--no-progress``."""
     return click.option("--no-progress", is_flag=True, help="Hide progress bars.")(func)
+
+
+def executor_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--executor`` (default ``$DCBENCH_EXECUTOR``, else local) and ``--ray-address``.
+
+    The command opens the executor with :func:`executor_from_flags` around its work.
+    """
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            envvar="DCBENCH_EXECUTOR",
+            show_envvar=True,
+            help="Where the tasks run (experts, cells, profile points, evaluation models): local (this "
+            "process, one after another) or ray (a Ray cluster; pip install 'dcbench-tesla[ray]') [local].",
+        ),
+        click.option(
+            "--ray-address",
+            default=None,
+            metavar="ADDR",
+            help="With --executor ray: 'auto' joins the cluster started on this machine with 'ray start', "
+            "HOST:PORT joins that one [start a local Ray instance].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def executor_from_flags(kw: dict[str, Any], log_dir: Path | None = None) -> Any:
+    """The executor ``--executor``/``--ray-address`` ask for, as a context manager that makes it ambient.
+
+    Pops both flags from ``kw``; the tasks use ``kw["threads"]`` (``--threads``) when there is one.
+
+    Raises:
+        UserError: ``--ray-address`` without Ray, or Ray not installed.
+    """
+    from dcbench_tesla.executors import open_executor
+
+    return open_executor(kw.pop("executor"), kw.pop("ray_address"), threads=kw.get("threads"), log_dir=log_dir)

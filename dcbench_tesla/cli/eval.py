@@ -15,6 +15,8 @@ from dcbench_tesla.cli.common import (
     device_option,
     eval_lr_option,
     evaluation_options,
+    executor_from_flags,
+    executor_options,
     parse_list,
     progress_option,
     threads_option,
@@ -37,23 +39,30 @@ from dcbench_tesla.cli.common import (
 @device_option
 @threads_option
 @progress_option
+@executor_options
 def eval_command(**kw: Any) -> None:
-    """Evaluate a saved synthetic-set FILE with the protocol its metadata implies."""
+    """Evaluate a saved synthetic-set FILE with the protocol its metadata implies.
+
+    With --executor ray the evaluation models run on a Ray cluster (logs next to --output).
+    """
     from dcbench_tesla.run.evaluate_file import evaluate_file
 
-    evaluate_file(
-        kw["file"],
-        models=parse_list(kw["eval_models"], "--eval-models"),
-        protocol=kw["protocol"],
-        num_models=kw["num_eval"],
-        epochs=kw["eval_epochs"],
-        lr=kw["eval_lr"],
-        seed=kw["seed"],
-        data_root=kw["data_root"],
-        output=kw["output"],
-        device=kw["device"],
-        threads=kw["threads"],
-        baseline=not kw["no_baseline"],
-        overwrite=kw["overwrite"],
-        progress=not kw["no_progress"],
-    )
+    output = kw["output"]
+    logs = output.with_name(output.name + ".logs") if output is not None else None
+    with executor_from_flags(kw, log_dir=logs):
+        evaluate_file(
+            kw["file"],
+            models=parse_list(kw["eval_models"], "--eval-models"),
+            protocol=kw["protocol"],
+            num_models=kw["num_eval"],
+            epochs=kw["eval_epochs"],
+            lr=kw["eval_lr"],
+            seed=kw["seed"],
+            data_root=kw["data_root"],
+            output=kw["output"],
+            device=kw["device"],
+            threads=kw["threads"],
+            baseline=not kw["no_baseline"],
+            overwrite=kw["overwrite"],
+            progress=not kw["no_progress"],
+        )

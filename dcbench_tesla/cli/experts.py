@@ -16,6 +16,8 @@ from dcbench_tesla.cli.common import (
     command,
     data_root_option,
     device_option,
+    executor_from_flags,
+    executor_options,
     image_size_option,
     progress_option,
     threads_option,
@@ -71,9 +73,14 @@ from dcbench_tesla.cli.common import (
 )
 @progress_option
 @yes_option
+@executor_options
 def experts_command(**kw: Any) -> None:
-    """Train expert trajectories for trajectory matching (resumable), or import upstream ones."""
+    """Train expert trajectories for trajectory matching (resumable), or import upstream ones.
+
+    With --executor ray every expert is a task on a Ray cluster (logs in the store's logs/ folder).
+    """
     from dcbench_tesla.experts.command import experts_command as train_or_import
 
     progress = not kw.pop("no_progress")
-    train_or_import(**kw, progress=progress, notice=click.echo)
+    with executor_from_flags(kw):
+        train_or_import(**kw, progress=progress, notice=click.echo)

@@ -19,6 +19,8 @@ from dcbench_tesla.cli.common import (
     Bounded,
     command,
     device_option,
+    executor_from_flags,
+    executor_options,
     parse_list,
     threads_option,
 )
@@ -84,6 +86,7 @@ _OUR_FILES = (
     "figure2_*.png",
     "figure3*.png",
     "points/*.json",
+    "logs/*.log",
 )
 
 
@@ -186,12 +189,14 @@ def default_output(datasets: list[str], device: str) -> Path:
 @click.option(
     "--overwrite", is_flag=True, help="Replace the files in a non-empty --output (the same command resumes without it)."
 )
+@executor_options
 def profile_command(**kw: Any) -> None:
     """Sweep methods x dataset shapes x inner steps; write CSV, Markdown tables and figures.
 
     Every point runs in a fresh process on random stand-in data and experts of the dataset's
     shape (memory and time do not depend on pixel values), so no dataset files or trained experts
-    are needed.
+    are needed. With --executor ray the points run side by side on a Ray cluster, each still in a
+    fresh process on its worker, with a whole GPU of its own on CUDA (task logs in OUTPUT/logs/).
     """
     from dcbench_tesla.checks import resolve_device
     from dcbench_tesla.data import dataset_spec
@@ -253,16 +258,17 @@ def profile_command(**kw: Any) -> None:
     state = "resuming the interrupted sweep in" if resume else "into"
     click.echo(f"profiling {len(points)} points {state} {output} (each in a fresh process)")
     click.echo(RANDOM_STANDIN_NOTE)
-    frame = run_sweep(
-        points,
-        output,
-        command=command,
-        settings=settings,
-        timeout_s=kw["timeout_s"],
-        echo=click.echo,
-        table_steps=kw["table_steps"],
-        resume=resume,
-    )
+    with executor_from_flags(kw):
+        frame = run_sweep(
+            points,
+            output,
+            command=command,
+            settings=settings,
+            timeout_s=kw["timeout_s"],
+            echo=click.echo,
+            table_steps=kw["table_steps"],
+            resume=resume,
+        )
     counts = frame["status"].value_counts().to_dict()
     click.echo(f"done: {counts}; see {output / 'profile.md'}")
 

@@ -19,6 +19,8 @@ from dcbench_tesla.cli.common import (
     device_option,
     eval_lr_option,
     evaluation_options,
+    executor_from_flags,
+    executor_options,
     image_size_option,
     parse_list,
     parse_set,
@@ -69,8 +71,12 @@ from dcbench_tesla.data import DEFAULT_DATASET
     show_default=True,
     help="Log the test accuracy of one model trained on the current set every N iterations (watching only).",
 )
+@executor_options
 def run_command(**kw: Any) -> None:
-    """Distil a synthetic set, evaluate it, and write a run directory."""
+    """Distil a synthetic set, evaluate it, and write a run directory.
+
+    With --executor ray the evaluation models (and experts still to train) run on a Ray cluster.
+    """
     from dcbench_tesla.run.request import RunRequest
     from dcbench_tesla.run.runner import run
 
@@ -102,4 +108,5 @@ def run_command(**kw: Any) -> None:
         eval_every=kw["eval_every"],
         yes=kw["yes"],
     )
-    run(request)
+    with executor_from_flags(kw, log_dir=(request.output or request.default_output()) / "logs"):
+        run(request)

@@ -22,6 +22,7 @@ from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.evaluation import test_accuracy, train_one_epoch
+from dcbench_tesla.executors import Task, TaskFailures, current_executor, device_here
 from dcbench_tesla.experts.config import (
     ExpertConfig,
     build_for,
@@ -33,13 +34,13 @@ from dcbench_tesla.experts.config import (
 from dcbench_tesla.experts.store import (
     MANIFEST,
     ExpertStore,
+    expert_filename,
     finished_indices,
     manifest_metadata,
     write_expert,
     write_manifest,
 )
 from dcbench_tesla.matching.problem import FlatParams
-from dcbench_tesla.progress import progress_bar
 
 Notice = Callable[[str], None]
 
@@ -103,6 +104,19 @@ def train_one_expert(
     return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device)
 
 
+def _expert_task(
+    dataset: Dataset,
+    config: ExpertConfig,
+    index: int,
+    device: torch.device | str,
+    on_epoch: Callable[[], None] | None = None,
+) -> tuple[Tensor, float, float, int]:
+    """Expert ``index`` as an executor task: its trajectory, test accuracy, seconds and torch threads."""
+    start = time.perf_counter()
+    trajectory, accuracy = train_one_expert(dataset, config, index, device_here(device), on_epoch=on_epoch)
+    return trajectory, accuracy, time.perf_counter() - start, torch.get_num_threads()
+
+
 def train_experts(
     dataset: Dataset,
     config: ExpertConfig,
@@ -115,7 +129,8 @@ def train_experts(
 
     Prints the disk space the whole set needs before starting and refuses to start without
     enough free space. Experts whose file exists are skipped, so an interrupted run continues
-    from the last finished expert. Each finished expert is written atomically as it completes.
+    from the last finished expert. Each expert is one task of the command's executor
+    (:mod:`dcbench_tesla.executors`); this process writes each one atomically as it arrives.
 
     Args:
         dataset: The training and test data (its preprocessing is recorded in the manifest).
@@ -131,6 +146,7 @@ def train_experts(
     Raises:
         UserError: ``config`` does not match ``dataset``; ``directory`` holds experts of another
             config, dataset or model; not enough disk space; or an expert diverged.
+        TaskFailures: experts that failed on a remote executor (after the others were written).
     """
     check_config_fits(config, dataset)
     directory = Path(directory)
@@ -170,13 +186,34 @@ def train_experts(
         write_manifest(directory, manifest_metadata(config, dataset, layout, origin), dataset.preprocessing)
 
     key = config.key(dataset.preprocessing, layout)
-    done_epochs = (config.num_experts - len(missing)) * config.epochs
-    bar = progress_bar(config.num_experts * config.epochs, "experts", progress, unit="epoch", initial=done_epochs)
-    for index in missing:
-        start = time.perf_counter()
-        bar.set_postfix_str(f"expert {index + 1}/{config.num_experts}")
-        trajectory, accuracy = train_one_expert(dataset, config, index, device, on_epoch=bar.update)
-        seconds = time.perf_counter() - start
+    executor = current_executor()
+    shared = executor.share(dataset) if missing else None
+    tasks = [
+        Task(
+            name=expert_filename(index).rsplit(".", 1)[0],
+            fn=_expert_task,
+            args=(shared, config, index, device),
+            device=str(device),
+            units=config.epochs,
+            on_unit="on_epoch",
+        )
+        for index in missing
+    ]
+    failures = []
+    outcomes = executor.map(
+        tasks,
+        desc="experts",
+        progress=progress,
+        log_dir=directory / "logs",
+        unit="epoch",
+        initial=(config.num_experts - len(missing)) * config.epochs,
+    )
+    for outcome in outcomes:
+        if not outcome.ok:
+            failures.append(outcome)
+            continue
+        index = missing[outcome.index]
+        trajectory, accuracy, seconds, threads = outcome.value
         write_expert(
             directory,
             index,
@@ -189,10 +226,13 @@ def train_experts(
                 "test_accuracy": accuracy,
                 "train_time_s": round(seconds, 3),
                 "device": str(device),
+                "threads": threads,
                 "source": None,
             },
         )
-    bar.close()
+    if failures:
+        advice = "; the finished experts are kept, and the same command again trains only the missing ones"
+        raise TaskFailures(failures, total=len(tasks), what="experts", advice=advice)
     return ExpertStore.open(directory, max_experts=config.num_experts)
 
 

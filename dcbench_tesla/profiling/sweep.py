@@ -1,5 +1,11 @@
 """The sweep runner: every point (method x dataset shape x steps) in a fresh subprocess.
 
+Each point is one task of the command's executor (:mod:`dcbench_tesla.executors`): locally the
+points run one after another; on Ray each task starts the point's fresh process on its worker,
+with a whole GPU of its own on CUDA (so no other point's memory shows in its NVML peak) and its
+threads as CPUs. CPU points measured side by side share the machine: their times are not those
+of a serial sweep, their saved-tensor and allocator figures are.
+
 Each point runs as ``python -m dcbench_tesla.profiling.point SPEC RESULT`` so its peaks start
 from a clean allocator, CUDA context and ``ru_maxrss``. A point that runs out of memory is
 recorded with status ``"oom"``, one that crashes (or writes no result, or times out) with
@@ -12,10 +18,10 @@ children's NVML device peaks): device names and driver versions come from the po
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from dcbench_tesla.executors import Outcome, Task, current_executor, device_here, task_context
 from dcbench_tesla.files import write_json_atomic, write_text_atomic
 from dcbench_tesla.profiling.measure import MEASURE_KEYS
 from dcbench_tesla.profiling.point import PointSpec
@@ -47,7 +54,6 @@ PROVENANCE_NAME = "provenance.json"
 #: What identifies a sweep in its output directory (compared when the same command runs again).
 SWEEP_NAME = "sweep.json"
 #: Working folder of the point processes, under ``points/`` (removed when the sweep ends).
-WORK_DIR = ".work"
 _STDERR_TAIL = 3000
 
 #: Columns of the tidy CSV (one row per method x dataset x batch x steps), in order.
@@ -171,6 +177,25 @@ def run_point_subprocess(spec: PointSpec, workdir: Path, timeout_s: float | None
     return record
 
 
+def _point_task(spec: PointSpec, timeout_s: float | None) -> dict[str, Any]:
+    """One point as an executor task: measured in a fresh process started here (never raises).
+
+    In a remote worker the point gets the worker's GPU (``cuda:0`` of what it sees) and the task's
+    thread count when the sweep named none, so what it measures is what it was given.
+    """
+    context = task_context()
+    if context is not None:
+        threads = spec.threads if spec.threads is not None else context["threads"]
+        spec = dataclasses.replace(spec, device=str(device_here(spec.device)), threads=threads)
+    with tempfile.TemporaryDirectory(prefix="dcbench-point-") as tmp:
+        return run_point_subprocess(spec, Path(tmp), timeout_s=timeout_s)
+
+
+def _failed_task_record(spec: PointSpec, outcome: Outcome) -> dict[str, Any]:
+    """The record of a point whose task itself failed (its worker died on every attempt)."""
+    return {**spec.to_dict(), "status": "failed", "error": outcome.summary(), "stderr_tail": _tail(outcome.detail)}
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return "; ".join(str(v) for v in value)
@@ -215,7 +240,8 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def sweep_provenance(records: Sequence[dict[str, Any]], command: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Provenance of a sweep: command, settings, versions, device, threads, NVML, stand-in note."""
+    """Provenance of a sweep: command, settings, versions, device, threads, executor, NVML, stand-in note."""
+    from dcbench_tesla.executors import executor_record
     from dcbench_tesla.provenance import git_revision, package_versions
 
     first_ok = next((r for r in records if r.get("status") == "ok"), records[0] if records else {})
@@ -235,6 +261,7 @@ def sweep_provenance(records: Sequence[dict[str, Any]], command: str, settings: 
         "threads": sorted({r["threads"] for r in records if r.get("threads") is not None}),
         "versions": {**package_versions(), "torch_in_points": first_ok.get("torch_version")},
         "git_revision": git_revision(),
+        "executor": executor_record(),
         "nvml": nvml,
         "note": RANDOM_STANDIN_NOTE,
         "statuses": {s: sum(r.get("status") == s for r in records) for s in ("ok", "oom", "failed")},
@@ -276,20 +303,38 @@ def run_sweep(
 
     output = Path(output)
     (output / "points").mkdir(parents=True, exist_ok=True)
-    work = output / "points" / WORK_DIR  # the points' spec and result files; a killed sweep leaves them
-    shutil.rmtree(work, ignore_errors=True)
-    records: list[dict[str, Any]] = []
-    for number, spec in enumerate(points, start=1):
+    executor = current_executor()
+    measured: dict[int, dict[str, Any]] = {}
+    todo: list[int] = []
+    for index, spec in enumerate(points):
         record = _finished_record(output, spec) if resume else None
-        if record is not None:
-            echo(f"[{number}/{len(points)}] {spec.label}: measured earlier, read back ({_describe(record)})")
-        else:
-            record = run_point_subprocess(spec, work, timeout_s=timeout_s)
-            write_json_atomic(output / "points" / _point_filename(spec), record)
-            echo(f"[{number}/{len(points)}] {spec.label}: {_describe(record)}")
-        records.append(record)
-        write_text_atomic(output / CSV_NAME, records_to_frame(records).to_csv(index=False))
-    shutil.rmtree(work, ignore_errors=True)
+        if record is None:
+            todo.append(index)
+            continue
+        measured[index] = record
+        echo(f"[{index + 1}/{len(points)}] {spec.label}: measured earlier, read back ({_describe(record)})")
+    tasks = [
+        Task(
+            _point_filename(points[i]).rsplit(".", 1)[0],
+            _point_task,
+            (points[i], timeout_s),
+            device=points[i].device,
+            threads=points[i].threads,
+        )
+        for i in todo
+    ]
+    outcomes = executor.map(tasks, desc="points", progress=executor.remote, log_dir=output / "logs")
+    for number, outcome in enumerate(outcomes, start=len(measured) + 1):
+        index = todo[outcome.index]
+        spec = points[index]
+        record = outcome.value if outcome.ok else _failed_task_record(spec, outcome)
+        measured[index] = record
+        write_json_atomic(output / "points" / _point_filename(spec), record)
+        write_text_atomic(
+            output / CSV_NAME, records_to_frame([measured[i] for i in sorted(measured)]).to_csv(index=False)
+        )
+        echo(f"[{number}/{len(points)}] {spec.label}: {_describe(record)}")
+    records = [measured[i] for i in sorted(measured)]
     frame = records_to_frame(records)
     provenance = sweep_provenance(records, command, settings or {})
     write_json_atomic(output / PROVENANCE_NAME, provenance)

@@ -11,7 +11,9 @@ Every cell is resolved with :func:`~dcbench_tesla.run.request.resolve` before an
 bad input stops the bench before it starts. A cell whose ``result.json`` exists is read back, never
 recomputed; a cell with a checkpoint is resumed; any other cell directory is computed again. So
 killing a bench and running the same command again computes only what is missing. Expert
-trajectories are shared between cells by the experts cache (keyed by their config).
+trajectories are shared between cells by the experts cache (keyed by their config). Cells run as
+tasks of the command's executor (one after another locally, side by side on Ray; see
+:func:`run_cells`), with their logs in ``logs/<cell>.log``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any
 import pandas as pd
 
 from dcbench_tesla.errors import UserError
+from dcbench_tesla.executors import Task, TaskFailures, current_executor, device_here
 from dcbench_tesla.files import ensure_writable_dir, user_files, write_json_atomic
 from dcbench_tesla.method import baseline_method, distiller_class, spec
+from dcbench_tesla.provenance import command_line
 from dcbench_tesla.run import runner
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
 from dcbench_tesla.run.rundir import RunDir
@@ -307,7 +311,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
                 "request": bench_plan.identity,
                 "baseline_method": bench_plan.baseline_method,
                 "cells": [cell.to_dict() for cell in bench_plan.cells],
-                "command": " ".join(["dcbench", *sys.argv[1:]]),
+                "command": command_line(),
                 "environment": {
                     "data_root": str(request.data_root) if request.data_root else None,
                     "device": request.device,
@@ -348,10 +352,57 @@ def _read_cell(cell: Cell) -> dict[str, Any]:
     return record
 
 
+def _cell_task(run: ResolvedRun) -> None:
+    """One cell as an executor task: a normal run, on the device as its worker sees it."""
+    runner.run(dataclasses.replace(run, device=device_here(run.device)))
+
+
+def _for_worker(run: ResolvedRun) -> ResolvedRun:
+    """``run`` for another process or node: absolute paths (its working directory differs), no bars.
+
+    The data root and cache are pinned to this process's, so every worker reads the same files
+    (on a cluster they are on a filesystem every node mounts at the same path).
+    """
+    from dcbench_tesla.data import default_cache_dir, default_data_root
+
+    request = run.request
+    output = run.rundir.path.absolute()
+    request = dataclasses.replace(
+        request,
+        output=output,
+        data_root=Path(request.data_root or default_data_root()).absolute(),
+        cache_dir=Path(request.cache_dir or default_cache_dir()).absolute(),
+        progress=False,
+    )
+    return dataclasses.replace(run, request=request, rundir=RunDir(output))
+
+
+def _read_landed(cell: Cell) -> dict[str, Any]:
+    """Read back a cell whose task finished (on a cluster: from the shared filesystem)."""
+    if not cell.rundir.is_finished():
+        raise UserError(
+            f"cell {cell.name} finished but {cell.rundir.result} is not here: the bench directory must be on "
+            "a filesystem that every node of the cluster shares, at the same path"
+        )
+    return _read_cell(cell)
+
+
 def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
-    """Run every cell that has no ``result.json``; read back the others. Returns records by cell."""
+    """Run every cell that has no ``result.json``; read back the others. Returns records by cell.
+
+    Each cell to compute is one task of the command's executor (:mod:`dcbench_tesla.executors`):
+    locally one after another in this process, on Ray side by side. A cell's run writes its own
+    run directory atomically; this process reads each ``result.json`` back as its task completes.
+    Task logs go to ``<bench>/logs/<cell>.log``.
+
+    Raises:
+        UserError: a cell stopped the bench (locally the first error stops it, as Ctrl-C does).
+        TaskFailures: cells that failed on a remote executor, after every other cell landed.
+    """
+    executor = current_executor()
     records: dict[str, dict[str, Any]] = {}
     total = len(bench_plan.cells)
+    tasks: list[Task] = []
     for index, cell in enumerate(bench_plan.cells, start=1):
         if cell.rundir.is_finished():
             print(f"[{index}/{total}] {cell.name}: done earlier, read back from {cell.rundir.result}")
@@ -364,17 +415,36 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
             run = run.for_resume()
         else:
             state = "interrupted earlier, computing again" if cell.rundir.path.is_dir() else "computing"
-        print(f"[{index}/{total}] {cell.name}: {state}")
-        try:
-            records[cell.name] = runner.run(run)
-            cell.rundir.close()  # the next cells run in this process: release this cell's lock now
-        except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
-            print(
-                f"\nbench stopped in cell {cell.name}; finished cells are kept, and the same command "
-                "again computes only the missing ones",
-                file=sys.stderr,
-            )
-            raise
+        run = _for_worker(run) if executor.remote else run
+        message = f"[{index}/{total}] {cell.name}: {state}"
+        tasks.append(
+            Task(cell.name, _cell_task, (run,), device=str(run.device), threads=run.request.threads, message=message)
+        )
+    cells = {cell.name: cell for cell in bench_plan.cells}
+    progress = executor.remote and all(cell.run.request.progress for cell in bench_plan.cells)
+    failures = []
+    try:
+        for outcome in executor.map(tasks, desc="cells", progress=progress, log_dir=bench_plan.output / "logs"):
+            if outcome.ok:
+                records[outcome.task.name] = _read_landed(cells[outcome.task.name])
+            else:
+                failures.append(outcome)
+    except (KeyboardInterrupt, UserError):  # Ctrl-C, or a run stopped with a message
+        unfinished = [task.name for task in tasks if task.name not in records]
+        where = (
+            f"in cell {unfinished[0]}"
+            if unfinished and not executor.remote
+            else f"with {', '.join(unfinished)} unfinished"
+        )
+        print(
+            f"\nbench stopped {where}; finished cells are kept, and the same command again computes only "
+            "the missing ones",
+            file=sys.stderr,
+        )
+        raise
+    if failures:
+        advice = "; the other cells are kept and tabulated, and the same command again computes only the missing ones"
+        raise TaskFailures(failures, total=len(tasks), what="cells", advice=advice)
     return records
 
 
@@ -424,7 +494,11 @@ def run_bench_request(request: BenchRequest) -> pd.DataFrame:
     """:func:`run_bench` for a ready :class:`BenchRequest`."""
     bench_plan = plan(request)
     open_bench_dir(bench_plan, request)
-    run_cells(bench_plan)
+    try:
+        run_cells(bench_plan)
+    except TaskFailures:
+        write_tables(bench_plan.output)  # the cells that landed
+        raise
     written = write_tables(bench_plan.output)
     for path in written:
         print(f"wrote {path}")

@@ -205,11 +205,8 @@ def check_cost(run: ResolvedRun, dataset: Dataset, work: dict[str, float], step_
 
 def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     """Run one method on one dataset and IPC; write the run directory; return the result record."""
-    import torch
-
     from dcbench_tesla.checks import set_threads
     from dcbench_tesla.distiller import check_ipc
-    from dcbench_tesla.provenance import provenance
 
     run = target if isinstance(target, ResolvedRun) else resolve(target)
     request = run.request
@@ -225,6 +222,19 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     print(header(run, dataset, distiller, work, step_s), flush=True)
     check_cost(run, dataset, work, step_s, context)
     run.rundir.open(run.resumes)
+    try:
+        return _distil_evaluate_record(run, dataset, distiller, phases)
+    finally:
+        run.rundir.close()  # release the directory's lock as soon as the run ends
+
+
+def _distil_evaluate_record(run: ResolvedRun, dataset: Dataset, distiller: Distiller, phases: Phases) -> ResultRecord:
+    """The part of :func:`run` that works in the (locked) run directory."""
+    import torch
+
+    from dcbench_tesla.provenance import provenance
+
+    request = run.request
     config = run.config_record(torch.get_num_threads())
     write_json_atomic(run.rundir.config, config)  # on resume: same identity, current evaluation settings
     start = time.perf_counter()

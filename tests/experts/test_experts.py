@@ -134,9 +134,9 @@ def test_ensure_trains_only_missing_experts(digits, tmp_path, monkeypatch):
     trained = collections.Counter()
     real = training_module.train_one_expert
 
-    def counting(dataset, config, index, device, progress=False):
+    def counting(dataset, config, index, device, **kwargs):
         trained[index] += 1
-        return real(dataset, config, index, device, progress)
+        return real(dataset, config, index, device, **kwargs)
 
     monkeypatch.setattr(training_module, "train_one_expert", counting)
     notices.clear()
