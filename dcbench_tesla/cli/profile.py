@@ -294,7 +294,10 @@ def profile_command(**kw: Any) -> None:
     default=None,
     help="Steps of Table 5 / Figure 3 [50 if swept, else the largest].",
 )
-def plot_command(directory: Path | None, csv_path: Path | None, output: Path | None, table_steps: int | None) -> None:
+@click.option("--linear-y", is_flag=True, help="Memory on a linear axis in Figure 2 [log scale].")
+def plot_command(
+    directory: Path | None, csv_path: Path | None, output: Path | None, table_steps: int | None, linear_y: bool
+) -> None:
     """Redraw the figures and Markdown tables of a profile from its CSV."""
     import json
 
@@ -317,5 +320,5 @@ def plot_command(directory: Path | None, csv_path: Path | None, output: Path | N
         raise UserError(f"{str(csv_path)!r} is not a profile CSV: missing columns {sorted(missing)}")
     provenance_path = csv_path.parent / PROVENANCE_NAME
     provenance = json.loads(provenance_path.read_text(encoding="utf-8")) if provenance_path.is_file() else None
-    written = write_reports(frame, output, provenance, table_steps=table_steps)
+    written = write_reports(frame, output, provenance, table_steps=table_steps, log_y=not linear_y)
     click.echo(f"wrote {written['markdown']} and {len(written['figures'])} figures")

@@ -253,6 +253,7 @@ def _timing(result: dict[str, Any], env: MeasureSteps) -> None:
     times = env.times
     result["step_times_s"] = times
     result["step_time_s"] = sum(times) / len(times)
+    result["step_time_min_s"], result["step_time_max_s"] = min(times), max(times)
     result["total_time_s"] = sum(times)
     result["peak_rss_before_steps_mib"] = env.rss_before_mib
     probe = env.probe
@@ -313,6 +314,8 @@ MEASURE_KEYS = (
     "peak_rss_mib",
     "peak_rss_before_steps_mib",
     "step_time_s",
+    "step_time_min_s",
+    "step_time_max_s",
     "total_time_s",
     "engine_time_s",
     "other_time_s",

@@ -297,8 +297,41 @@ def _value(row: pd.Series, column: str) -> float | None:
     return _num(row.get(column))
 
 
-def figure2(frame: pd.DataFrame, output: Path | str) -> list[Path]:
-    """Memory vs inner steps, a line per method, OOM/failed points marked ``x``: one PNG per dataset."""
+#: One marker and line style per method (in plot order), so overlapping constant-memory lines stay apart.
+_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
+
+
+def _spread(rows: pd.DataFrame) -> list[list[float]] | None:
+    """Error-bar lengths (below, above) of the mean step time from the measured iterations' min and max."""
+    if not {"step_time_min_s", "step_time_max_s"} <= set(rows.columns):
+        return None
+    mean, low, high = (rows[c].astype(float) for c in ("step_time_s", "step_time_min_s", "step_time_max_s"))
+    return [list((mean - low).clip(lower=0).fillna(0)), list((high - mean).clip(lower=0).fillna(0))]
+
+
+def _mark_failures(ax: Any, rows: pd.DataFrame, method: str, color: str, y: float) -> bool:
+    """Mark the method's out-of-memory / failed points at height ``y``; True if there were any."""
+    bad = rows[rows["status"] != "ok"]
+    for _, row in bad.iterrows():
+        text = "OOM" if row["status"] == "oom" else "failed"
+        ax.plot([row["steps"]], [y], marker="x", markersize=9, mew=2.5, color=color, linestyle="")
+        ax.annotate(
+            f"{method} {text}", (row["steps"], y), textcoords="offset points", xytext=(-6, 0), ha="right",
+            va="center", fontsize=7, color=color,
+        )  # fmt: skip
+    return not bad.empty
+
+
+def figure2(frame: pd.DataFrame, output: Path | str, log_y: bool = True) -> list[Path]:
+    """Memory and time vs inner steps, a line per method: one PNG per dataset shape.
+
+    Left: the primary memory measure (log scale by default, so constant-memory lines are not
+    flattened against the linear growth of unrolling); out-of-memory / failed points are marked ``x``.
+    Right: seconds per iteration, the mean with the min-max range of the measured iterations.
+    Every method has its own marker and line style; steps are integer ticks.
+    """
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+
     output = Path(output)
     groups = _groups(frame)
     paths = []
@@ -308,53 +341,45 @@ def figure2(frame: pd.DataFrame, output: Path | str) -> list[Path]:
         for dataset, rows in part.groupby("dataset", sort=False):
             if rows["steps"].nunique() < 2:
                 continue  # a single step count: Table 5 / Figure 3 show it
-            fig = Figure(figsize=(7.5, 4.8), layout="constrained")
-            ax = fig.add_subplot()
-            ok_values = [v for v in (_value(r, column) for _, r in rows.iterrows()) if v is not None]
+            fig = Figure(figsize=(11, 4.6), layout="constrained")
+            mem_ax, time_ax = fig.subplots(1, 2)
+            ok_values = [v for v in (_value(r, column) for _, r in rows.iterrows()) if v]
             top = max(ok_values) * 1.08 if ok_values else 1.0
             any_bad = False
             for index, method in enumerate(_methods(rows)):
                 mrows = rows[rows["method"] == method].sort_values("steps")
-                color = f"C{index}"
+                color, style = f"C{index}", _STYLES[index % len(_STYLES)]
                 ok = mrows[(mrows["status"] == "ok") & mrows[column].notna()] if column in mrows else mrows.iloc[:0]
-                ax.plot(ok["steps"], ok[column], marker="o", color=color, label=method)
-                if dev == "cpu" and "snapshot_mib" in ok and (ok["snapshot_mib"].fillna(0) >= 0.05).any():
-                    ax.plot(
-                        ok["steps"],
-                        ok["peak_saved_tensors_mib"],
-                        linestyle="--",
-                        color=color,
-                        alpha=0.7,
-                        label=f"{method} (saved tensors only)",
-                    )
-                bad = mrows[mrows["status"] != "ok"]
-                y = top * (1 + 0.06 * index)  # one level per method so markers at one step stay apart
-                for _, row in bad.iterrows():
-                    text = "OOM" if row["status"] == "oom" else "failed"
-                    ax.plot([row["steps"]], [y], marker="x", markersize=9, mew=2.5, color=color, linestyle="")
-                    ax.annotate(
-                        f"{method} {text}",
-                        (row["steps"], y),
-                        textcoords="offset points",
-                        xytext=(-6, 0),
-                        ha="right",
-                        va="center",
-                        fontsize=7,
-                        color=color,
-                    )
-                any_bad = any_bad or not bad.empty
+                common = {"marker": style[0], "linestyle": style[1], "color": color, "markersize": 6}
+                mem_ax.plot(ok["steps"], ok[column], label=method, mfc="none" if index % 2 else color, **common)
+                if not ok.empty and "step_time_s" in ok:
+                    time_ax.errorbar(
+                        ok["steps"], ok["step_time_s"], yerr=_spread(ok), capsize=3, label=method,
+                        mfc="none" if index % 2 else color, **common,
+                    )  # fmt: skip
+                y = top * (1.25 ** (index + 1) if log_y else 1 + 0.06 * index)
+                any_bad = _mark_failures(mem_ax, mrows, method, color, y) or any_bad
             if any_bad:
-                ax.plot([], [], marker="x", mew=2.5, color="grey", linestyle="", label="out of memory / failed")
-            ax.set_ylim(bottom=0, top=top * (1.3 if any_bad else 1.05))
-            ax.set_xlabel("inner matching steps T (syn_steps)")
-            ax.set_ylabel(_SHORT.get(column, column))
-            ax.set_title(
-                f"Peak memory vs steps: {dataset} shape {rows['image_shape'].iloc[0]}, "
-                f"batch_syn {batch}, ipc {ipc}\n{_device_name(rows)}; {description}",
+                mem_ax.plot([], [], marker="x", mew=2.5, color="grey", linestyle="", label="out of memory / failed")
+            if log_y and ok_values:
+                mem_ax.set_yscale("log")
+                mem_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                mem_ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            else:
+                mem_ax.set_ylim(bottom=0, top=top * (1.3 if any_bad else 1.05))
+            for ax in (mem_ax, time_ax):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_xlabel("inner matching steps T (syn_steps)")
+                ax.grid(alpha=0.3, which="both")
+                ax.legend(fontsize=8)
+            mem_ax.set_ylabel(_SHORT.get(column, column) + (" (log scale)" if log_y else ""))
+            time_ax.set_ylabel("seconds per iteration (mean; bars: min-max)")
+            time_ax.set_ylim(bottom=0)
+            fig.suptitle(
+                f"Peak memory and time vs steps: {dataset} shape {rows['image_shape'].iloc[0]}, "
+                f"batch_syn {batch}, ipc {ipc}; {_device_name(rows)}\nmemory = {description}",
                 fontsize=9,
             )
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
             name = f"figure2_{dataset}{_group_suffix(key, len(groups) > 1)}.png"
             paths.append(_save(fig, output / name))
     return paths
@@ -482,12 +507,13 @@ def write_reports(
     provenance: dict[str, Any] | None = None,
     *,
     table_steps: int | None = None,
+    log_y: bool = True,
 ) -> dict[str, Any]:
     """Write Figure 2 (per dataset), Figure 3 and ``profile.md`` into ``output``; return their paths."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     steps = table_steps_for(frame, table_steps)
-    figures = figure2(frame, output) + figure3(frame, output, steps)
+    figures = figure2(frame, output, log_y=log_y) + figure3(frame, output, steps)
     markdown = markdown_report(frame, provenance, table_steps=steps, figures=figures)
     write_text_atomic(output / MARKDOWN_NAME, markdown)
     return {"markdown": output / MARKDOWN_NAME, "figures": figures}

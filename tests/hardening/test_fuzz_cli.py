@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import string
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,6 +223,14 @@ def outputs(workspace, args) -> list:
     return [workspace / "out", *(workspace / args[i + 1] for i, a in enumerate(args[:-1]) if a == "--output")]
 
 
+def _eval_default_output(args, name) -> bool:
+    """``dcbench eval FILE`` without ``--output`` saves ``<stem>.eval-<protocol>-seed<S>.json`` beside FILE."""
+    if args[:1] != ["eval"] or "--output" in args or len(args) < 2:
+        return False
+    stem = Path(args[1]).with_suffix("")
+    return str(name).startswith(f"{stem}.eval-") and str(name).endswith(".json")
+
+
 def check_attack(workspace, args, surface):
     """The property; files in an existing folder named by ``--output`` may be added, never changed."""
     named = outputs(workspace, args)
@@ -232,6 +241,7 @@ def check_attack(workspace, args, surface):
     after = snapshot(workspace, skip=new)
     changed = [name for name in before if after.get(name) != before[name]]
     added = [n for n in after if n not in before and not any(e in (workspace / n).resolve().parents for e in existing)]
+    added = [n for n in added if not _eval_default_output(args, n)]
     assert not changed and not added, f"{args} changed {changed} and added {added} outside its output"
 
 
