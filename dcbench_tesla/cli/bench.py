@@ -17,6 +17,7 @@ from dcbench_tesla.cli.common import (
     data_root_option,
     device_option,
     evaluation_options,
+    fair_evaluation_options,
     image_size_option,
     parse_ints,
     parse_list,
@@ -76,6 +77,8 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
         device=kw["device"],
         threads=kw["threads"],
         progress=not kw["no_progress"],
+        real=not kw["no_real"],
+        ddrs_weight=kw["ddrs_weight"],
     )
 
 
@@ -97,6 +100,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
 @click.option(
     "--whole-dataset/--no-whole-dataset", default=None, help="Also evaluate the whole training set (upper bound)."
 )
+@fair_evaluation_options
 @click.option("--seed", type=SEED, default=None, help=f"Seed of every run (0..{MAX_SEED}) [0].")
 @data_root_option
 @image_size_option

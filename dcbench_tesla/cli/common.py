@@ -105,6 +105,7 @@ THREADS = Bounded(int, 1, MAX_THREADS)
 EVERY = Bounded(int, 0, MAX_ITERATIONS)
 EVAL_LR = Bounded(float, 0.0, MAX_EVAL_LR, open_low=True)
 IMAGE_SIZE = Bounded(int, 4, 512)
+WEIGHT = Bounded(float, 0.0, 1.0)
 PATH = click.Path(path_type=Path)
 
 
@@ -231,3 +232,25 @@ def eval_lr_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def progress_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--no-progress``."""
     return click.option("--no-progress", is_flag=True, help="Hide progress bars.")(func)
+
+
+def fair_evaluation_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-real`` and ``--ddrs-weight`` (the label-robust scores beside every result)."""
+    options = [
+        click.option(
+            "--no-real",
+            is_flag=True,
+            help="Skip the whole training pool with hard labels (cached per dataset, model and protocol); "
+            "without it there is no HLR or DDRS.",
+        ),
+        click.option(
+            "--ddrs-weight",
+            type=WEIGHT,
+            default=0.5,
+            show_default=True,
+            help="w of DDRS = (e^a - e^-1)/(e - e^-1), a = w IOR - (1 - w) HLR (0..1).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -15,6 +15,7 @@ from dcbench_tesla.cli.common import (
     device_option,
     eval_lr_option,
     evaluation_options,
+    fair_evaluation_options,
     parse_list,
     threads_option,
 )
@@ -26,6 +27,8 @@ from dcbench_tesla.cli.common import (
 @eval_lr_option
 @click.option("--seed", type=SEED, default=0, show_default=True, help=f"Seed of the evaluation models (0..{MAX_SEED}).")
 @data_root_option
+@click.option("--no-baseline", is_flag=True, help="Skip the random real subset (hard labels and the set's own rule).")
+@fair_evaluation_options
 @click.option("--output", type=PATH, default=None, help="Write the evaluation JSON here (never overwritten).")
 @device_option
 @threads_option
@@ -45,4 +48,7 @@ def eval_command(**kw: Any) -> None:
         output=kw["output"],
         device=kw["device"],
         threads=kw["threads"],
+        baseline=not kw["no_baseline"],
+        real=not kw["no_real"],
+        ddrs_weight=kw["ddrs_weight"],
     )

@@ -19,6 +19,7 @@ from dcbench_tesla.cli.common import (
     device_option,
     eval_lr_option,
     evaluation_options,
+    fair_evaluation_options,
     image_size_option,
     parse_list,
     parse_set,
@@ -47,7 +48,12 @@ from dcbench_tesla.data import DEFAULT_DATASET
 @image_size_option
 @evaluation_options
 @eval_lr_option
-@click.option("--no-baseline", is_flag=True, help="Skip the random real subset evaluated beside the result.")
+@click.option(
+    "--no-baseline",
+    is_flag=True,
+    help="Skip the random real subset evaluated beside the result (hard labels and the set's own label rule).",
+)
+@fair_evaluation_options
 @click.option("--whole-dataset", is_flag=True, help="Also train on the whole training set (upper bound).")
 @device_option
 @threads_option
@@ -65,7 +71,7 @@ from dcbench_tesla.data import DEFAULT_DATASET
     type=EVERY,
     default=0,
     show_default=True,
-    help="Log the test accuracy of one model trained on the current set every N iterations (watching only).",
+    help="Log the validation accuracy of one model trained on the current set every N iterations (watching only).",
 )
 def run_command(**kw: Any) -> None:
     """Distil a synthetic set, evaluate it, and write a run directory."""
@@ -98,5 +104,7 @@ def run_command(**kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"],
         resume=kw["resume"],
         eval_every=kw["eval_every"],
+        real=not kw["no_real"],
+        ddrs_weight=kw["ddrs_weight"],
     )
     run(request)

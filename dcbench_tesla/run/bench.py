@@ -65,6 +65,8 @@ class BenchRequest:
         threads: Torch intra-op threads.
         progress: Show progress bars.
         cache_dir: Cache of ZCA states and experts [``$DCBENCH_CACHE``].
+        real: Evaluate the whole training pool with hard labels beside every cell (cached; HLR, DDRS).
+        ddrs_weight: ``w`` of DDRS in every cell and in ``ranking.md``.
     """
 
     methods: list[str]
@@ -87,6 +89,8 @@ class BenchRequest:
     threads: int | None = None
     progress: bool = True
     cache_dir: Path | None = None
+    real: bool = True
+    ddrs_weight: float = 0.5
 
 
 @dataclass
@@ -214,6 +218,8 @@ def plan(request: BenchRequest) -> BenchPlan:
         progress=request.progress,
         cache_dir=request.cache_dir,
         overwrite=True,  # a cell is only ever computed when it has no result.json
+        real=request.real,
+        ddrs_weight=request.ddrs_weight,
     )
     cells: list[Cell] = []
     normalised: dict[str, dict[str, Any]] = {}
@@ -245,6 +251,8 @@ def plan(request: BenchRequest) -> BenchPlan:
         "whole_dataset": bool(request.whole_dataset),
         "exclude": exclude,
         "seed": request.seed,
+        "real": bool(request.real),
+        "ddrs_weight": float(request.ddrs_weight),
     }
     identity = json.loads(json.dumps(identity, default=str))  # compare as it reads back from bench.json
     return BenchPlan(identity=identity, cells=cells, output=Path(request.output), baseline_method=baseline)
@@ -391,7 +399,8 @@ def run_bench(
         output_dir: The bench directory.
         **options: Further :class:`BenchRequest` fields (``num_eval_models``, ``eval_epochs``,
             ``protocol``, ``iterations``, ``options``, ``whole_dataset``, ``exclude``, ``seed``,
-            ``overwrite``, ``data_root``, ``device``, ``threads``, ``progress``, ``cache_dir``).
+            ``overwrite``, ``data_root``, ``device``, ``threads``, ``progress``, ``cache_dir``, ``real``,
+            ``ddrs_weight``).
 
     Returns:
         The tidy results (also written to ``results.csv``).

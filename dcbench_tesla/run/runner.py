@@ -6,31 +6,30 @@ The runner never branches on a method's name: what it needs of a method comes fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.distiller import RunContext
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import (
-    EvaluationResult,
-    evaluate_images,
-    evaluation_lr,
-    format_accuracy,
-    random_real_subset,
-)
+from dcbench_tesla.evaluation import evaluate_images, evaluation_lr, format_accuracy
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.method import build_distiller
 from dcbench_tesla.run.loop import run_episode
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
 from dcbench_tesla.run.rundir import RESULT_SCHEMA_VERSION, ResultRecord
+from dcbench_tesla.scores import FairEvaluation, evaluate_with_scores, format_scores, same_rule_labels
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar
+from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar, unwrap
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
-    """``--eval-every``: one model of the first architecture on the current set (watching only).
+    """``--eval-every``: one model of the first architecture on the current set, scored on validation.
 
-    The figure is logged, never used to pick a set (the result is always the final set).
+    The figure is logged (``val_acc``) and passed to ``request.on_eval`` (``dcbench tune``'s pruner),
+    never used to pick a set (the result is always the final set), and the test split is not read.
     """
     protocol = run.protocol.replace(num_models=1)
     request = run.request
@@ -38,15 +37,24 @@ def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
     def evaluate(syn: SyntheticSet) -> dict[str, Any]:
         lr = evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol)
         result = evaluate_images(
-            syn.images, syn.labels, dataset, run.models[:1], lr, protocol, request.seed, run.device
+            syn.images, syn.labels, dataset, run.models[:1], lr, protocol, request.seed, run.device, split="val"
         )
-        return {"eval_acc": result.by_model[run.models[0]].mean}
+        accuracy = result.by_model[run.models[0]].mean
+        if request.on_eval is not None:
+            request.on_eval(syn.iteration, accuracy)
+        return {"val_acc": accuracy}
 
     return evaluate
 
 
-def distil(run: ResolvedRun, dataset: Dataset) -> SyntheticSet:
-    """Build the method, wrap it (finite check, periodic evaluation, log, checkpoint, progress) and run the episode."""
+def distil(run: ResolvedRun, dataset: Dataset) -> tuple[SyntheticSet, Tensor | None]:
+    """Build the method, wrap it (finite check, periodic evaluation, log, checkpoint, progress) and run the episode.
+
+    Returns:
+        The synthetic set, and the labels its rule gives the random real subset (see
+        :func:`~dcbench_tesla.scores.same_rule_labels`; None without ``request.baseline``), taken before
+        the method is closed.
+    """
     request = run.request
     context = RunContext(
         device=run.device,
@@ -73,7 +81,12 @@ def distil(run: ResolvedRun, dataset: Dataset) -> SyntheticSet:
             method=request.method,
             notice=print,
         )
-        return env.synthetic_set()
+        baseline_labels = (
+            same_rule_labels(unwrap(env), dataset, request.ipc, request.seed, request.method)
+            if request.baseline
+            else None
+        )
+        return env.synthetic_set(), baseline_labels
     finally:
         env.close()
 
@@ -90,33 +103,32 @@ def check_exported_set(syn: Any, dataset: Dataset, method: str) -> None:
     syn.validate()
 
 
-def evaluate(run: ResolvedRun, dataset: Dataset, syn: SyntheticSet) -> dict[str, EvaluationResult | None]:
-    """The set, the random real subset beside it (unless the method is the baseline) and the whole dataset."""
+def evaluate(run: ResolvedRun, dataset: Dataset, syn: SyntheticSet, baseline_labels: Tensor | None) -> FairEvaluation:
+    """The set and everything its scores need (see :func:`~dcbench_tesla.scores.evaluate_with_scores`).
+
+    The hard-label random subset is evaluated unless the method is the baseline itself; the subset
+    under the set's own label rule whenever ``baseline_labels`` are given; the whole training pool
+    (cached) unless ``--no-real`` (and always for ``--whole-dataset``). Scores ``request.eval_split``.
+    """
     request, protocol = run.request, run.protocol
-    lr = evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol)
-    common = (dataset, run.models)
-    results: dict[str, EvaluationResult | None] = {"evaluation": None, "baseline": None, "whole_dataset": None}
-    results["evaluation"] = evaluate_images(
-        syn.images, syn.labels, *common, lr, protocol, request.seed, run.device, request.progress, "evaluate"
+    return evaluate_with_scores(
+        syn.images,
+        syn.labels,
+        evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol),
+        dataset,
+        run.models,
+        protocol,
+        request.seed,
+        run.device,
+        ipc=request.ipc,
+        same_rule_labels=baseline_labels,
+        hard_baseline=request.baseline and not run.spec.is_baseline,
+        real=request.real or request.whole_dataset,
+        split=request.eval_split,  # type: ignore[arg-type]
+        cache_dir=request.cache_dir,
+        progress=request.progress,
+        ddrs_weight=request.ddrs_weight,
     )
-    if request.baseline and not run.spec.is_baseline:
-        images, labels = random_real_subset(dataset, request.ipc, request.seed)
-        results["baseline"] = evaluate_images(
-            images, labels, *common, lr, protocol, request.seed, run.device, request.progress, "baseline"
-        )
-    if request.whole_dataset:
-        results["whole_dataset"] = evaluate_images(
-            dataset.train_images,
-            dataset.train_labels,
-            *common,
-            protocol.fixed_lr,
-            protocol,
-            request.seed,
-            run.device,
-            request.progress,
-            "whole dataset",
-        )
-    return results
 
 
 def run(target: RunRequest | ResolvedRun) -> ResultRecord:
@@ -139,13 +151,14 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     run.rundir.open(request.resume)
     config = run.config_record(torch.get_num_threads())
     write_json_atomic(run.rundir.config, config)  # on resume: same identity, current evaluation settings
-    syn = distil(run, dataset)
+    syn, baseline_labels = distil(run, dataset)
     check_exported_set(syn, dataset, request.method)
     syn.config = config
     syn.extra = {"versions": provenance(run.device)["versions"]}
     syn.save(run.rundir.synthetic_set)
 
-    results = evaluate(run, dataset, syn)
+    fair = evaluate(run, dataset, syn, baseline_labels)
+    records = fair.records()
     record: ResultRecord = {
         "schema_version": RESULT_SCHEMA_VERSION,
         "method": run.spec.to_dict(),
@@ -154,32 +167,53 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
         "seed": request.seed,
         "config": config,
         "iterations": syn.iteration,
-        "evaluation": results["evaluation"].to_dict(),
-        "baseline": results["baseline"].to_dict() if results["baseline"] else None,
-        "whole_dataset": results["whole_dataset"].to_dict() if results["whole_dataset"] else None,
+        "eval_split": request.eval_split,
+        "evaluation": records["evaluation"],
+        "evaluation_hard_labels": records["evaluation_hard_labels"],
+        "baseline": records["baseline"],
+        "baseline_same_rule": records["baseline_same_rule"],
+        "real_hard": records["real_hard"],
+        "whole_dataset": records["real_hard"] if request.whole_dataset else None,
+        "scores": records["scores"],
         "reference_accuracy": run.spec.reference_accuracy.get(request.dataset, {}).get(request.ipc),
         "synthetic_set": run.rundir.SYNTHETIC_SET,
         "provenance": provenance(run.device),
     }
     write_json_atomic(run.rundir.result, record)
-    print(summary(run, results))
+    print(summary(run, fair))
     return record
 
 
-def summary(run: ResolvedRun, results: dict[str, EvaluationResult | None]) -> str:
+def summary(run: ResolvedRun, fair: FairEvaluation) -> str:
     """The lines ``dcbench run`` prints at the end."""
-    request, evaluation = run.request, results["evaluation"]
-    protocol = evaluation.protocol
+    request = run.request
+    protocol = fair.evaluation.protocol
     lines = [
         f"{request.method} on {request.dataset}, IPC {request.ipc}, seed {request.seed} "
         f"({protocol.num_models} models x {protocol.epochs} epochs, protocol {protocol.name!r})",
+        *score_lines(fair, "validation" if request.eval_split == "val" else "test"),
+        f"run directory: {run.rundir}",
     ]
-    for name, result in evaluation.by_model.items():
-        line = f"  {name}: test accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
-        if results["baseline"] is not None:
-            line += f"   random real subset: {format_accuracy(results['baseline'].by_model[name])} %"
-        if results["whole_dataset"] is not None:
-            line += f"   whole dataset: {format_accuracy(results['whole_dataset'].by_model[name])} %"
-        lines.append(line)
-    lines.append(f"run directory: {run.rundir}")
     return "\n".join(lines)
+
+
+def score_lines(fair: FairEvaluation, split_name: str) -> list[str]:
+    """Per architecture: the accuracy beside its baselines, then the label-robust scores (``run`` and ``eval``)."""
+    lines = []
+    for name, result in fair.evaluation.by_model.items():
+        line = f"  {name}: {split_name} accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
+        if fair.baseline is not None:
+            line += f"   random real subset: {format_accuracy(fair.baseline.by_model[name])} %"
+        lines.append(line)
+        parts = []
+        if fair.evaluation_hard is not None:
+            parts.append(f"hard labels: {format_accuracy(fair.evaluation_hard.by_model[name])} %")
+        if fair.baseline_same_rule is not None:
+            same = format_accuracy(fair.baseline_same_rule.by_model[name])
+            parts.append(f"random subset, same label rule ({fair.same_rule_kind}): {same} %")
+        if fair.real_hard is not None:
+            parts.append(f"whole dataset: {format_accuracy(fair.real_hard.by_model[name])} %")
+        if parts:
+            lines.append("    " + "   ".join(parts))
+        lines.append(f"    {format_scores(fair.scores[name])}")
+    return lines

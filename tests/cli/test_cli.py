@@ -180,8 +180,8 @@ def test_eval_every_logs_accuracy_at_those_iterations(tmp_path):
     result = invoke(*args, "--eval-every", "2", "--output", out, *FAST)
     assert result.exit_code == 0, result.output
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    assert [s["iteration"] for s in steps if "eval_acc" in s] == [2, 4]
-    assert all(0.0 <= s["eval_acc"] <= 1.0 for s in steps if "eval_acc" in s)
+    assert [s["iteration"] for s in steps if "val_acc" in s] == [2, 4]  # scored on the validation split
+    assert all(0.0 <= s["val_acc"] <= 1.0 for s in steps if "val_acc" in s)
     assert_user_error(invoke(*args, "--eval-every", "-1", "--output", tmp_path / "x", *FAST), "--eval-every")
 
 

@@ -113,7 +113,7 @@ def test_rerun_reads_every_finished_cell_back(finished_bench, monkeypatch):
 
 def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
     out = tmp_path / "b"
-    real_run, real_evaluate = runner.run, runner.evaluate_images
+    real_run, real_evaluate = runner.run, runner.evaluate
     computed = []
 
     def counting_run(run):
@@ -126,7 +126,7 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run", counting_run)
-    monkeypatch.setattr(runner, "evaluate_images", evaluate_then_die)
+    monkeypatch.setattr(runner, "evaluate", evaluate_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_bench([STUB], "digits", [1, 2], None, out, **TINY)
     first = out / "cells" / f"{STUB}-ipc1" / "result.json"
@@ -136,7 +136,7 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
     first_bytes, first_mtime = first.read_bytes(), first.stat().st_mtime_ns
 
     computed.clear()
-    monkeypatch.setattr(runner, "evaluate_images", real_evaluate)
+    monkeypatch.setattr(runner, "evaluate", real_evaluate)
     frame = run_bench([STUB], "digits", [1, 2], None, out, **TINY)
     assert computed == [f"{STUB}-ipc2"]
     assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime
@@ -298,6 +298,8 @@ def test_presets_parse_and_name_only_registered_things(name):
             "overwrite": False,
             "threads": None,
             "no_progress": True,
+            "no_real": False,
+            "ddrs_weight": 0.5,
         }
     )
     bench_plan = plan(request_from_flags(kw))  # every cell validates against the methods' config cards
@@ -330,11 +332,14 @@ def test_flags_override_the_preset(tmp_path):
             "output": tmp_path,
             "overwrite": False,
             "no_progress": True,
+            "no_real": True,
+            "ddrs_weight": 0.25,
         }
     )
     request = request_from_flags(kw)
     assert request.methods == ["random"] and request.ipcs == [2] and request.num_eval_models == 3
     assert request.options == {"mtt.lr_img": "20"}
+    assert request.real is False and request.ddrs_weight == 0.25
     custom.write_text('methods = ["random"]\nipc = [1]\n')
     with pytest.raises(Exception, match="unknown key"):
         load_preset(str(custom))
