@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -27,6 +27,9 @@ from dcbench_tesla.cli.common import (
     threads_option,
 )
 from dcbench_tesla.data import DEFAULT_DATASET
+
+if TYPE_CHECKING:
+    from dcbench_tesla.run.request import RunRequest
 
 
 @command("run")
@@ -75,10 +78,16 @@ from dcbench_tesla.data import DEFAULT_DATASET
 )
 def run_command(**kw: Any) -> None:
     """Distil a synthetic set, evaluate it, and write a run directory."""
-    from dcbench_tesla.run.request import RunRequest
     from dcbench_tesla.run.runner import run
 
-    request = RunRequest(
+    run(run_request(kw))
+
+
+def run_request(kw: dict[str, Any]) -> RunRequest:
+    """The run request of ``dcbench run``'s parsed flags (also the fixed part of every ``dcbench tune`` trial)."""
+    from dcbench_tesla.run.request import RunRequest
+
+    return RunRequest(
         method=kw["method"],
         dataset=kw["dataset"],
         ipc=kw["ipc"],
@@ -107,4 +116,3 @@ def run_command(**kw: Any) -> None:
         real=not kw["no_real"],
         ddrs_weight=kw["ddrs_weight"],
     )
-    run(request)

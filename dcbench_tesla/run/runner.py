@@ -215,5 +215,7 @@ def score_lines(fair: FairEvaluation, split_name: str) -> list[str]:
             parts.append(f"whole dataset: {format_accuracy(fair.real_hard.by_model[name])} %")
         if parts:
             lines.append("    " + "   ".join(parts))
-        lines.append(f"    {format_scores(fair.scores[name])}")
+        scores = fair.scores[name]
+        if scores.hlr is not None or scores.ior is not None:
+            lines.append(f"    {format_scores(scores)}")
     return lines
