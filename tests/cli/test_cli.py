@@ -50,7 +50,10 @@ def test_run_random_writes_a_run_directory(tmp_path):
     assert set(record) == set(RESULT_SCHEMA)
     accs = record["evaluation"]["by_model"]["convnet"]["accuracies"]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
-    assert record["baseline"] is None  # the random method is its own baseline
+    assert record["baseline"] is None  # the random method is its own baseline ...
+    scores = record["scores"]["convnet"]
+    assert record["baseline_same_rule"]["label_rule"] == "hard" and scores["ior"] == 0.0  # ... so IOR is 0
+    assert scores["hlr"] == pytest.approx(scores["acc_real_hard"] - scores["acc_syn"]) and 0 <= scores["ddrs"] <= 1
     assert record["provenance"]["threads"] >= 1
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["ipc"] == 2
@@ -62,8 +65,11 @@ def test_eval_of_a_saved_set_reproduces_the_run(tmp_path):
     run_acc = json.loads((out / "result.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
     result = invoke("eval", out / "synthetic_set.safetensors", *FAST[:-1], "--output", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
-    eval_acc = json.loads((tmp_path / "e.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
-    assert eval_acc == pytest.approx(run_acc)
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["evaluation"]["by_model"]["convnet"]["accuracies"] == pytest.approx(run_acc)
+    run_scores = json.loads((out / "result.json").read_text())["scores"]
+    assert evaluated["scores"]["convnet"] == pytest.approx(run_scores["convnet"])  # the whole pool: from the cache
+    assert "DDRS" in result.output and "whole dataset" in result.output
 
 
 def test_existing_run_directory_is_refused_then_overwritten_on_request(tmp_path):

@@ -343,3 +343,29 @@ def test_flags_override_the_preset(tmp_path):
     custom.write_text('methods = ["random"]\nipc = [1]\n')
     with pytest.raises(Exception, match="unknown key"):
         load_preset(str(custom))
+
+
+def test_ranking_orders_the_methods_by_ddrs_beside_their_accuracy(finished_bench):
+    out, frame = finished_bench
+    ranking = pd.read_csv(out / "ranking.csv", dtype=str)
+    assert list(ranking.columns) == [
+        "IPC",
+        "Rank",
+        "Method",
+        "DDRS",
+        "Accuracy",
+        "Hard labels",
+        "Random, same rule",
+        "Whole dataset",
+        "HLR (pts)",
+        "IOR (pts)",
+    ]
+    for _, rows in ranking.groupby("IPC"):
+        assert sorted(rows["Method"]) == sorted(["random", STUB])
+        assert list(rows["Rank"]) == ["1", "2"] and list(rows["DDRS"].astype(float)) == sorted(
+            rows["DDRS"].astype(float), reverse=True
+        )
+    on_model = frame[(frame["eval_model"] == "convnet") & (frame["method"] != "whole-dataset")]
+    assert on_model["ddrs"].between(0, 1).all() and (on_model["ior_pts"] == 0).all()  # random images: IOR 0
+    text = (out / "ranking.md").read_text()
+    assert "DD-Ranking" in text and "w = 0.5" in text and "](cells/" in text

@@ -76,3 +76,12 @@ def test_soft_label_run_reads_test_last_and_its_baseline_trains_on_the_teachers_
     assert s["ior"] == pytest.approx(s["acc_syn"] - s["acc_rdm_same_rule"])
     assert s["ddrs"] == pytest.approx(ddrs(s["hlr"], s["ior"], 0.5))
     assert "DDRS" in result.output and "same label rule (soft)" in result.output
+
+    # dcbench eval rebuilds the method from the file to label the subset by the same rule: the same scores
+    trained.clear()
+    evaluated = tmp_path / "eval.json"
+    args = ["eval", out / "synthetic_set.safetensors", "--num-eval", "1", "--eval-epochs", "2", "--output", evaluated]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    torch.testing.assert_close(trained["baseline (same label rule)"][1], expected)
+    assert json.loads(evaluated.read_text())["scores"]["convnet"] == pytest.approx(s)
