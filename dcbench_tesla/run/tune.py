@@ -14,7 +14,8 @@ Every trial is a :class:`~dcbench_tesla.run.request.RunRequest` resolved by
 sampled options are added as flags. Trials score their final set on the validation split
 (``eval_split="val"``) and skip the random-subset and whole-dataset evaluations, so a tune never
 reads the test split. The TPE sampler is seeded (``seed`` + trials already in the study), and the
-median pruner is fed the ``--eval-every`` validation accuracy of each trial through ``on_eval``.
+median pruner is fed the ``--eval-every`` validation accuracy of each trial through ``on_eval`` (from
+its second report on).
 
 ``--trials N`` is the number of finished (complete or pruned) trials the study should hold, so the
 same command again does nothing more, and a larger N extends the study. A tune killed mid-trial
@@ -436,7 +437,9 @@ def tune(request: TuneRequest) -> dict[str, Any]:
         study.sampler = optuna.samplers.TPESampler(
             seed=request.base.seed + start_trials, n_startup_trials=max(1, min(10, request.trials // 4))
         )
-        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=max(3, request.trials // 4))
+        # no pruning on a trial's first report (a quarter of the way by default): too early to tell
+        warmup = tune_plan.base.eval_every
+        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=max(3, request.trials // 4), n_warmup_steps=warmup)
         started, failures = time.monotonic(), 0
         try:
             while _finished(study, optuna) < request.trials:
@@ -468,7 +471,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             {
                 "number": trial.number,
                 "state": trial.state.name,
-                "val_acc": trial.value,
+                "val_acc": trial.value if trial.state.name == "COMPLETE" else None,  # Optuna gives pruned ones one
                 "val_acc_std": trial.user_attrs.get("val_acc_std"),
                 **{f"param_{k}": v for k, v in trial.params.items()},
                 "duration_s": None if trial.duration is None else round(trial.duration.total_seconds(), 2),

@@ -85,3 +85,29 @@ def test_soft_label_run_reads_test_last_and_its_baseline_trains_on_the_teachers_
     assert result.exit_code == 0, result.output
     torch.testing.assert_close(trained["baseline (same label rule)"][1], expected)
     assert json.loads(evaluated.read_text())["scores"]["convnet"] == pytest.approx(s)
+
+
+class Stop(Exception):
+    """Raised by the fake pruner below."""
+
+
+def test_on_eval_receives_each_validation_score_and_can_stop_the_run(tmp_path):
+    from dcbench_tesla.run.request import RunRequest
+    from dcbench_tesla.run.runner import run
+
+    calls = []
+    common = {"method": "dm", "ipc": 1, "iterations": 4, "eval_every": 2, "num_eval_models": 1, "eval_epochs": 2}
+    common |= {"options": {"batch_real": "16"}, "progress": False, "baseline": False, "real": False}
+    run(RunRequest(**common, output=tmp_path / "a", on_eval=lambda it, acc: calls.append((it, acc))))
+    logged = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert calls == [(s["iteration"], s["val_acc"]) for s in logged if "val_acc" in s] and [c[0] for c in calls] == [
+        2,
+        4,
+    ]
+
+    def prune(iteration, accuracy):  # what dcbench tune's pruner does: raise to stop the trial
+        raise Stop(iteration)
+
+    with pytest.raises(Stop):
+        run(RunRequest(**common, output=tmp_path / "b", on_eval=prune))
+    assert not (tmp_path / "b" / "result.json").exists()
