@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -144,11 +145,12 @@ class Dataset:
     def with_preprocessing(self, preprocessing: Preprocessing) -> Dataset:
         """The same images under another preprocessing (e.g. a synthetic set's ZCA state).
 
-        Returns ``self`` when both are the same mean/std normalisation (no round-off is added).
+        When both are the same mean/std normalisation the copy shares this dataset's tensors (no
+        round-off is added).
         """
         same_meanstd = (preprocessing.mean, preprocessing.std) == (self.preprocessing.mean, self.preprocessing.std)
         if same_meanstd and preprocessing.zca is None and self.preprocessing.zca is None:
-            return self
+            return dataclasses.replace(self, classes=list(self.classes), _class_index={})
 
         def convert(x: Tensor | None) -> Tensor | None:
             return None if x is None else preprocessing.apply(self.preprocessing.invert(x, clamp=False))
