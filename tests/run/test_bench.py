@@ -177,7 +177,7 @@ bench_command(sys.argv[1:], prog_name="dcbench bench")
 @pytest.mark.slow
 def test_a_bench_killed_with_sigkill_resumes_where_it_stopped(tmp_path, capsys):
     out = tmp_path / "b"
-    args = "--methods random --ipc 1,2,3 --num-eval 1 --eval-epochs 50 --no-progress --threads 1".split()
+    args = "--methods random --ipc 1,2,3 --num-eval 1 --eval-epochs 50 --no-progress --threads 1 --no-real".split()
     args += ["--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -192,7 +192,7 @@ def test_a_bench_killed_with_sigkill_resumes_where_it_stopped(tmp_path, capsys):
     assert first.is_file(), proc.stderr.read().decode()
     finished = {p.parent.name: p.read_bytes() for p in (out / "cells").glob("*/result.json")}
 
-    frame = run_bench(["random"], "digits", [1, 2, 3], None, out, **{**TINY, "eval_epochs": 50})
+    frame = run_bench(["random"], "digits", [1, 2, 3], None, out, **{**TINY, "eval_epochs": 50, "real": False})
     computed = [
         line.split(":")[0].split("] ")[1] for line in capsys.readouterr().out.splitlines() if "computing" in line
     ]
