@@ -126,6 +126,24 @@ class Distiller(abc.ABC):
     def close(self) -> None:
         """Release resources."""
 
+    def relabel(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The labels this method's label rule gives other images (optional hook; default: hard labels).
+
+        The runner evaluates a random real subset with these labels beside the synthetic set (the
+        same-rule baseline of DD-Ranking's IOR), so that a method whose labels come from a teacher is
+        compared with real images labelled by the same teacher and rule. Called once after the
+        episode, before :meth:`close`.
+
+        Args:
+            images: (N, C, H, W) real training images (model inputs, on the CPU).
+            labels: (N,) their classes.
+
+        Returns:
+            (N,) classes, or (N, K) probabilities (soft labels). The default returns ``labels``.
+        """
+        del images
+        return labels
+
     def oom_advice(self) -> list[str]:
         """What to change when this method runs out of GPU memory (shown with the measured peak)."""
         return []

@@ -3,15 +3,19 @@
 Train K fresh randomly initialised networks on a set of images: SGD (momentum 0.9,
 weight decay 5e-4), batch 256, ``epochs`` epochs with the lr decayed x0.1 at half-way,
 DSA augmentation on training batches, none at test. Report mean and (population)
-standard deviation of the final test accuracy. Never selects on the test set.
+standard deviation of the final accuracy on the scored split: the test split for a run's final
+report, the validation split for ``--eval-every`` and ``dcbench tune``. Never selects on the test set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dcbench_tesla.data import Dataset
+from dcbench_tesla.data import Dataset, default_cache_dir
 from dcbench_tesla.data.augment import DSA
+from dcbench_tesla.data.dataset import Split
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.executors import EVALUATION_GPU_FRACTION, Task, current_executor, device_here
+from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.models import build_model
 from dcbench_tesla.registry import Registry
 
@@ -156,12 +162,14 @@ class EvaluationResult:
     protocol: EvaluationProtocol
     seed: int
     by_model: dict[str, ArchitectureResult] = field(default_factory=dict)
+    split: Split = "test"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
         return {
             "protocol": dataclasses.asdict(self.protocol),
             "seed": self.seed,
+            "split": self.split,
             "by_model": {name: r.to_dict() for name, r in self.by_model.items()},
         }
 
@@ -185,19 +193,21 @@ def train_and_test(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[], None] | None = None,
+    split: Split = "test",
 ) -> float:
-    """Train one fresh model on ``images``/``labels``; return its final test accuracy.
+    """Train one fresh model on ``images``/``labels``; return its final accuracy on ``split``.
 
     Args:
         model_name: Model registry name.
         images: (N, C, H, W) model inputs.
         labels: (N,) class indices or (N, K) probabilities (soft labels).
-        dataset: Supplies the test split and the class count.
+        dataset: Supplies the scored split and the class count.
         lr: Initial learning rate.
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
         device: Where to train (inside a remote task: as its worker sees it, see ``device_here``).
         on_epoch: Called after every epoch (progress reporting).
+        split: The split scored: "test" (a run's final report) or "val" (monitoring and tuning).
     """
     device = device_here(device)
     c, h, _ = dataset.image_shape
@@ -219,7 +229,7 @@ def train_and_test(
         train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
         if on_epoch is not None:
             on_epoch()
-    return test_accuracy(model, dataset, protocol.test_batch_size, device)
+    return test_accuracy(model, dataset, protocol.test_batch_size, device, split=split)
 
 
 def train_one_epoch(
@@ -249,19 +259,26 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def test_accuracy(model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device) -> float:
-    """Fraction of the test split ``model`` classifies correctly (eval mode, no augmentation)."""
+def test_accuracy(
+    model: torch.nn.Module, dataset: Dataset, batch_size: int, device: torch.device, split: Split = "test"
+) -> float:
+    """Fraction of ``split`` (the test split by default) ``model`` classifies correctly (eval mode, no augmentation).
+
+    Raises:
+        UserError: ``split="val"`` on a dataset without validation images.
+    """
+    images, labels = dataset.split(split)
     model.eval()
     correct = 0
-    for start in range(0, dataset.test_images.shape[0], batch_size):
-        x = dataset.test_images[start : start + batch_size].to(device)
-        y = dataset.test_labels[start : start + batch_size].to(device)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device)
+        y = labels[start : start + batch_size].to(device)
         correct += int((model(x).argmax(dim=1) == y).sum())
-    return correct / max(1, dataset.test_images.shape[0])
+    return correct / max(1, images.shape[0])
 
 
 def _evaluation_view(dataset: Dataset) -> Dataset:
-    """``dataset`` without its training images: all an evaluation model needs of it (shape, classes, test split)."""
+    """``dataset`` without its training images: all an evaluation model needs of it (shape, classes, scored splits)."""
     shape = (0, *dataset.train_images.shape[1:])
     return dataclasses.replace(
         dataset,
@@ -282,8 +299,9 @@ def evaluate_images(
     device: torch.device,
     progress: bool = False,
     label: str = "evaluate",
+    split: Split = "test",
 ) -> EvaluationResult:
-    """Train ``protocol.num_models`` fresh models of each architecture and test them.
+    """Train ``protocol.num_models`` fresh models of each architecture and score them on ``split``.
 
     Every model is one task of the command's executor (:mod:`dcbench_tesla.executors`), seeded
     from ``(seed, k)``; the set and the test split are shared with the tasks once, not per task.
@@ -301,6 +319,7 @@ def evaluate_images(
             name=f"{label.replace(' ', '-')}-{model_name}-{k}",
             fn=train_and_test,
             args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
+            kwargs={"split": split},
             device=str(device),
             gpu_fraction=EVALUATION_GPU_FRACTION,
             units=protocol.epochs,
@@ -312,7 +331,7 @@ def evaluate_images(
     accuracies: list[float] = [math.nan] * len(tasks)
     for outcome in executor.map(tasks, desc=label, progress=progress, unit="epoch"):
         accuracies[outcome.index] = float(outcome.result())
-    result = EvaluationResult(protocol=protocol, seed=seed)
+    result = EvaluationResult(protocol=protocol, seed=seed, split=split)
     for position, model_name in enumerate(models):
         per_model = accuracies[position * protocol.num_models : (position + 1) * protocol.num_models]
         result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=per_model, lr=lr)
@@ -332,3 +351,102 @@ def random_real_subset(dataset: Dataset, ipc: int, seed: int) -> tuple[Tensor, T
         picked.append(pool[torch.randperm(pool.numel(), generator=generator)[:ipc]])
     index = torch.cat(picked)
     return dataset.train_images[index].clone(), dataset.train_labels[index].clone()
+
+
+def pool_fingerprint(dataset: Dataset, samples: int = 4096) -> str:
+    """A short hash of the training pool as the models see it (preprocessing included).
+
+    Hashes the dataset name, the pool's shape, every label, the preprocessing's kind, mean and std,
+    and up to ``samples`` evenly spaced images (cheap at ImageNet scale, and any change of split,
+    normalisation or ZCA state changes them).
+    """
+    images, labels = dataset.train_images, dataset.train_labels
+    stride = max(1, math.ceil(images.shape[0] / samples))
+    digest = hashlib.sha256()
+    header = [dataset.name, list(images.shape), dataset.preprocessing.kind]
+    digest.update(json.dumps([*header, dataset.preprocessing.mean, dataset.preprocessing.std]).encode())
+    digest.update(labels.cpu().numpy().tobytes())
+    digest.update(images[::stride].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def whole_pool_evaluation(
+    dataset: Dataset,
+    models: list[str],
+    protocol: EvaluationProtocol,
+    seed: int,
+    device: torch.device,
+    *,
+    split: Split = "test",
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """The whole training pool with hard labels at the protocol's fixed lr (``acc_real_hard``), cached.
+
+    Computed once per (training pool and preprocessing, model, protocol, seed, split) and kept as JSON
+    under ``<cache_dir>/real/`` (default ``$DCBENCH_CACHE``), so every run on the same data reads it back.
+    """
+    result = EvaluationResult(protocol=protocol, seed=seed, split=split)
+    for model_name in models:
+        path = _whole_pool_path(dataset, model_name, protocol, seed, split, cache_dir)
+        cached = _read_cached_result(path, model_name, protocol.num_models)
+        if cached is None:
+            fresh = evaluate_images(
+                dataset.train_images,
+                dataset.train_labels,
+                dataset,
+                [model_name],
+                protocol.fixed_lr,
+                protocol,
+                seed,
+                device,
+                progress,
+                "whole dataset",
+                split=split,
+            )
+            cached = fresh.by_model[model_name]
+            try:
+                write_json_atomic(path, cached.to_dict())
+            except OSError:
+                pass  # an unwritable cache costs a recomputation next time, nothing more
+        result.by_model[model_name] = cached
+    return result
+
+
+def _whole_pool_path(
+    dataset: Dataset, model_name: str, protocol: EvaluationProtocol, seed: int, split: Split, cache_dir: Path | None
+) -> Path:
+    """Where :func:`whole_pool_evaluation` caches one architecture's result."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    settings = json.dumps([dataclasses.asdict(protocol), seed, split], sort_keys=True)
+    key = hashlib.sha256(f"{pool_fingerprint(dataset)}|{model_name}|{settings}".encode()).hexdigest()[:16]
+    return cache / "real" / f"{dataset.name}-{model_name}-{key}.json"
+
+
+def whole_pool_cached(
+    dataset: Dataset,
+    models: list[str],
+    protocol: EvaluationProtocol,
+    seed: int,
+    *,
+    split: Split = "test",
+    cache_dir: Path | None = None,
+) -> bool:
+    """True when :func:`whole_pool_evaluation` would only read its cache (nothing to train)."""
+    return all(
+        _read_cached_result(_whole_pool_path(dataset, m, protocol, seed, split, cache_dir), m, protocol.num_models)
+        is not None
+        for m in models
+    )
+
+
+def _read_cached_result(path: Path, model_name: str, num_models: int) -> ArchitectureResult | None:
+    """A cached :class:`ArchitectureResult`, or None when missing, unreadable or not of this request."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        accuracies = [float(a) for a in data["accuracies"]]
+        if data["model"] != model_name or len(accuracies) != num_models:
+            return None
+        return ArchitectureResult(model=model_name, accuracies=accuracies, lr=float(data["lr"]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None

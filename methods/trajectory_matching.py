@@ -263,10 +263,11 @@ class TrajectoryMatching(Distiller):
         return experts
 
     # -- one outer iteration -----------------------------------------------------------
-    def _segment(self) -> tuple[int, int, Tensor, Tensor, Tensor]:
+    def _segment(self, generator: torch.Generator | None = None) -> tuple[int, int, Tensor, Tensor, Tensor]:
         opts: TrajectoryMatchingConfig = self.options
-        expert = int(torch.randint(self.experts.num_experts, (1,), generator=self.generator))
-        start = int(torch.randint(opts.max_start_epoch, (1,), generator=self.generator))
+        generator = self.generator if generator is None else generator
+        expert = int(torch.randint(self.experts.num_experts, (1,), generator=generator))
+        start = int(torch.randint(opts.max_start_epoch, (1,), generator=generator))
         trajectory = self.experts.trajectory(expert)
         device = self.context.device
         # copy: on CPU a row is a view, and the graph saving theta_0 would keep the whole trajectory alive
@@ -275,9 +276,12 @@ class TrajectoryMatching(Distiller):
         return expert, start, theta_start, theta_target, trajectory[-1].to(device=device, dtype=torch.float32)
 
     @torch.no_grad()
-    def _teacher_labels(self, teacher: Tensor) -> Tensor:
-        """Soft Label Assignment: the teacher's softmax on the un-augmented images (temperature 1)."""
-        images = self.images.detach()
+    def _teacher_labels(self, teacher: Tensor, images: Tensor | None = None) -> Tensor:
+        """Soft Label Assignment: the teacher's softmax on un-augmented images (temperature 1).
+
+        ``images``: the synthetic images by default.
+        """
+        images = self.images.detach() if images is None else images.to(self.context.device)
         chunks = [self.flat.forward(teacher, part) for part in images.split(_TEACHER_CHUNK)]
         return torch.softmax(torch.cat(chunks), dim=1)
 
@@ -289,6 +293,21 @@ class TrajectoryMatching(Distiller):
             return self.label_logits, True
         self.soft_labels = self._teacher_labels(theta_target if strategy == "sla" else theta_last)
         return self.soft_labels, False
+
+    def relabel(self, images: Tensor, labels: Tensor) -> Tensor:
+        """Labels by this set's rule for other images: the same-rule random baseline's labels.
+
+        With SLA (``labels="sla"`` / ``"sla-last"``) the teacher is drawn as an iteration draws it: an
+        expert and a start epoch from a generator seeded with the episode's seed (the method's own
+        stream is left alone), then the snapshot at the target step (``sla``) or the expert's last
+        epoch (``sla-last``); its softmax at temperature 1 on the un-augmented images is the label.
+        Hard and learned labels give hard labels (learned logits belong to the synthetic images only).
+        """
+        if self.options.labels not in ("sla", "sla-last"):
+            return labels
+        _, _, _, theta_target, theta_last = self._segment(torch.Generator().manual_seed(self.seed))
+        teacher = theta_target if self.options.labels == "sla" else theta_last
+        return self._teacher_labels(teacher, images).cpu()
 
     def step(self) -> dict[str, Any]:
         """Sample a segment, compute the matching gradient with the engine, update."""

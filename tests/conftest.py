@@ -39,3 +39,15 @@ def digits():
     from dcbench_tesla.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture
+def no_validation_split(monkeypatch):
+    """Isolation for the file-format tests of the loaders: hold no validation images out.
+
+    Their training split then is the files' training images in file order, as the loader read them.
+    The validation split itself is tested in tests/data/test_split.py.
+    """
+    from dcbench_tesla.data.spec import DatasetSpec
+
+    monkeypatch.setattr(DatasetSpec, "val_size", lambda self, class_size: 0)

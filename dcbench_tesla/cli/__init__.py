@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "run": "run",
     "eval": "eval",
     "bench": "bench",
+    "tune": "tune",
     "experts": "experts",
     "profile": "profile",
     "plot": "profile",

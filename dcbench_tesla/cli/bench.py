@@ -19,6 +19,7 @@ from dcbench_tesla.cli.common import (
     evaluation_options,
     executor_from_flags,
     executor_options,
+    fair_evaluation_options,
     image_size_option,
     parse_ints,
     parse_list,
@@ -80,6 +81,8 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
         threads=kw["threads"],
         progress=not kw["no_progress"],
         yes=bool(kw.get("yes")),
+        real=kw["real"],
+        ddrs_weight=kw["ddrs_weight"],
     )
 
 
@@ -101,6 +104,7 @@ def request_from_flags(kw: dict[str, Any]) -> BenchRequest:
 @click.option(
     "--whole-dataset/--no-whole-dataset", default=None, help="Also evaluate the whole training set (upper bound)."
 )
+@fair_evaluation_options
 @click.option("--seed", type=SEED, default=None, help=f"Seed of every run (0..{MAX_SEED}) [0].")
 @data_root_option
 @image_size_option

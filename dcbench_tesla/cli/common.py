@@ -111,6 +111,7 @@ THREADS = Bounded(int, 1, MAX_THREADS)
 EVERY = Bounded(int, 0, MAX_ITERATIONS)
 EVAL_LR = Bounded(float, 0.0, MAX_EVAL_LR, open_low=True)
 IMAGE_SIZE = Bounded(int, 4, 512)
+WEIGHT = Bounded(float, 0.0, 1.0)
 PATH = click.Path(path_type=Path)
 
 
@@ -286,3 +287,26 @@ def executor_from_flags(kw: dict[str, Any], log_dir: Path | None = None) -> Any:
     from dcbench_tesla.executors import open_executor
 
     return open_executor(kw.pop("executor"), kw.pop("ray_address"), threads=kw.get("threads"), log_dir=log_dir)
+
+
+def fair_evaluation_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-real`` and ``--ddrs-weight`` (the label-robust scores beside every result)."""
+    options = [
+        click.option(
+            "--real/--no-real",
+            default=None,
+            help="Evaluate the whole training pool with hard labels (acc_real_hard: HLR and DDRS need it; "
+            "computed once per dataset, model and protocol, then cached) [only when already cached: the "
+            "header says what computing it costs].",
+        ),
+        click.option(
+            "--ddrs-weight",
+            type=WEIGHT,
+            default=0.5,
+            show_default=True,
+            help="w of DDRS = (e^a - e^-1)/(e - e^-1), a = w IOR - (1 - w) HLR (0..1).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -17,6 +17,7 @@ from dcbench_tesla.cli.common import (
     evaluation_options,
     executor_from_flags,
     executor_options,
+    fair_evaluation_options,
     parse_list,
     progress_option,
     threads_option,
@@ -35,7 +36,8 @@ from dcbench_tesla.cli.common import (
     "--output", type=PATH, default=None, help="Evaluation JSON [next to FILE: <stem>.eval-<protocol>-seed<S>.json]."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
-@click.option("--no-baseline", is_flag=True, help="Skip the random real subset evaluated beside the set.")
+@click.option("--no-baseline", is_flag=True, help="Skip the random real subset (hard labels and the set's own rule).")
+@fair_evaluation_options
 @device_option
 @threads_option
 @progress_option
@@ -65,4 +67,6 @@ def eval_command(**kw: Any) -> None:
             baseline=not kw["no_baseline"],
             overwrite=kw["overwrite"],
             progress=not kw["no_progress"],
+            real=kw["real"],
+            ddrs_weight=kw["ddrs_weight"],
         )

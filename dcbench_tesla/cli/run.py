@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,7 @@ from dcbench_tesla.cli.common import (
     evaluation_options,
     executor_from_flags,
     executor_options,
+    fair_evaluation_options,
     image_size_option,
     parse_list,
     parse_set,
@@ -29,6 +30,9 @@ from dcbench_tesla.cli.common import (
     yes_option,
 )
 from dcbench_tesla.data import DEFAULT_DATASET
+
+if TYPE_CHECKING:
+    from dcbench_tesla.run.request import RunRequest
 
 
 @command("run")
@@ -50,7 +54,12 @@ from dcbench_tesla.data import DEFAULT_DATASET
 @image_size_option
 @evaluation_options
 @eval_lr_option
-@click.option("--no-baseline", is_flag=True, help="Skip the random real subset evaluated beside the result.")
+@click.option(
+    "--no-baseline",
+    is_flag=True,
+    help="Skip the random real subset evaluated beside the result (hard labels and the set's own label rule).",
+)
+@fair_evaluation_options
 @click.option("--whole-dataset", is_flag=True, help="Also train on the whole training set (upper bound).")
 @device_option
 @threads_option
@@ -69,7 +78,7 @@ from dcbench_tesla.data import DEFAULT_DATASET
     type=EVERY,
     default=0,
     show_default=True,
-    help="Log the test accuracy of one model trained on the current set every N iterations (watching only).",
+    help="Log the validation accuracy of one model trained on the current set every N iterations (watching only).",
 )
 @executor_options
 def run_command(**kw: Any) -> None:
@@ -77,10 +86,18 @@ def run_command(**kw: Any) -> None:
 
     With --executor ray the evaluation models (and experts still to train) run on a Ray cluster.
     """
-    from dcbench_tesla.run.request import RunRequest
     from dcbench_tesla.run.runner import run
 
-    request = RunRequest(
+    request = run_request(kw)
+    with executor_from_flags(kw, log_dir=(request.output or request.default_output()) / "logs"):
+        run(request)
+
+
+def run_request(kw: dict[str, Any]) -> RunRequest:
+    """The run request of ``dcbench run``'s parsed flags (also the fixed part of every ``dcbench tune`` trial)."""
+    from dcbench_tesla.run.request import RunRequest
+
+    return RunRequest(
         method=kw["method"],
         dataset=kw["dataset"],
         ipc=kw["ipc"],
@@ -107,6 +124,6 @@ def run_command(**kw: Any) -> None:
         resume=kw["resume"],
         eval_every=kw["eval_every"],
         yes=kw["yes"],
+        real=kw["real"],
+        ddrs_weight=kw["ddrs_weight"],
     )
-    with executor_from_flags(kw, log_dir=(request.output or request.default_output()) / "logs"):
-        run(request)

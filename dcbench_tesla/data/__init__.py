@@ -61,6 +61,7 @@ for _spec in (
         expected_files="cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}",
         how_to_get="download and extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         description="CIFAR-10, 32x32 colour, 10 classes (python pickle batches)",
+        val_per_class=500,
     ),
     DatasetSpec(
         name="cifar100",
@@ -74,6 +75,7 @@ for _spec in (
         expected_files="cifar-100-python/{train, test, meta}",
         how_to_get="download and extract https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         description="CIFAR-100, 32x32 colour, 100 classes (python pickle batches)",
+        val_per_class=50,
     ),
     DatasetSpec(
         name="tinyimagenet",
@@ -88,6 +90,7 @@ for _spec in (
         "val/images/*.JPEG, val/val_annotations.txt}",
         how_to_get="download and extract http://cs231n.stanford.edu/tiny-imagenet-200.zip",
         description="Tiny ImageNet, 64x64 colour, 200 classes (its folder layout)",
+        val_per_class=50,
     ),
     DatasetSpec(
         name="imagenet64",
@@ -101,6 +104,7 @@ for _spec in (
         expected_files="imagenet64/{train_data_batch_1..10.npz, val_data.npz} or imagenet64/{train,val}/<class>/*.png",
         how_to_get="request 'Downsampled ImageNet 64x64' (npz) from https://image-net.org/download-images",
         description="ImageNet-1K downsampled to 64x64 (npz batches or an image folder)",
+        val_per_class=10,
         num_experts=50,
     ),
     DatasetSpec(

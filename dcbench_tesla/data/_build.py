@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,9 @@ from dcbench_tesla.data.zca import DEFAULT_EPS, cached_zca, zca_cache_key
 from dcbench_tesla.errors import UserError
 
 _CHUNK = 4096  # images converted / normalised at a time (bounds temporary memory)
+
+#: Seed of the validation split: fixed, so every run, tune and method sees the same pool.
+VAL_SEED = 0
 
 
 def locate(root: Path, folder: str, spec: DatasetSpec) -> Path:
@@ -73,14 +76,53 @@ def integer_labels(spec: DatasetSpec, path: Path, key: str, values: object) -> n
     return array.astype(np.int64)
 
 
-def to_unit_float(images: np.ndarray | Tensor) -> Tensor:
-    """(N, C, H, W) uint8 (0..255) or float (already in [0, 1]) -> float32 tensor in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+def stratified_split(labels: np.ndarray, held_out: Callable[[int], int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic class-stratified split: ``(kept_idx, held_idx)``, each sorted ascending.
+
+    One ``torch.Generator`` seeded with ``seed`` draws, class by class in increasing label order, a
+    permutation of that class's indices; the first ``held_out(class_size)`` of it are held out.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kept: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    held: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        perm = torch.randperm(len(idx), generator=generator).numpy()
+        n_held = held_out(len(idx))
+        held.append(idx[perm[:n_held]])
+        kept.append(idx[perm[n_held:]])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def validation_split(spec: DatasetSpec, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pool_idx, val_idx)`` of a training split under the dataset's rule, seed :data:`VAL_SEED`.
+
+    The rule is :meth:`DatasetSpec.val_size` per class (a fraction for small sets, a fixed count for
+    CIFAR, Tiny ImageNet and ImageNet-64).
+    """
+    return stratified_split(np.asarray(labels), spec.val_size, VAL_SEED)
+
+
+def _as_tensor(images: np.ndarray | Tensor) -> Tensor:
+    """A tensor view of ``images`` (no copy for a contiguous array)."""
+    return torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+
+
+def to_unit_float(images: np.ndarray | Tensor, index: np.ndarray | None = None) -> Tensor:
+    """(N, C, H, W) uint8 (0..255) or float (already in [0, 1]) -> float32 tensor in [0, 1].
+
+    Args:
+        images: The images.
+        index: Convert only these rows, in this order (no full-size copy is made).
+    """
+    x = _as_tensor(images)
+    rows = torch.arange(x.shape[0]) if index is None else torch.as_tensor(index, dtype=torch.int64)
     if x.dtype != torch.uint8:
-        return x.to(torch.float32, copy=True).contiguous()
-    out = torch.empty(x.shape, dtype=torch.float32)
-    for start in range(0, x.shape[0], _CHUNK):
-        out[start : start + _CHUNK] = x[start : start + _CHUNK].to(torch.float32).div_(255.0)
+        picked = x if index is None else x[rows]
+        return picked.to(torch.float32, copy=True).contiguous()
+    out = torch.empty((rows.numel(), *x.shape[1:]), dtype=torch.float32)
+    for start in range(0, rows.numel(), _CHUNK):
+        out[start : start + _CHUNK] = x[rows[start : start + _CHUNK]].to(torch.float32).div_(255.0)
     return out
 
 
@@ -104,16 +146,21 @@ def build_dataset(
     zca_eps: float = DEFAULT_EPS,
     normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> Dataset:
-    """Turn raw splits into a preprocessed :class:`Dataset`.
+    """Turn raw splits into a preprocessed :class:`Dataset`, holding out its validation split.
+
+    The validation split is carved out of the training split here, for every dataset: a fixed
+    (seed :data:`VAL_SEED`), class-stratified draw following the spec's rule
+    (:meth:`DatasetSpec.val_size`). ``Dataset.train_images`` is the training pool without it;
+    ZCA is fitted on the pool only.
 
     Args:
-        spec: The registry entry (mean/std, expected image shape).
+        spec: The registry entry (mean/std, expected image shape, validation rule).
         train_images: (N, C, H, W) uint8 in 0..255 or float in [0, 1].
         train_labels: (N,) integer labels in ``range(len(classes))``.
         test_images: (M, C, H, W), as ``train_images``.
         test_labels: (M,).
         classes: Class names, index = label.
-        zca: Whiten with ZCA fitted on the training images (cached under ``cache_dir``)
+        zca: Whiten with ZCA fitted on the training pool (cached under ``cache_dir``)
             instead of per-channel mean/std normalisation.
         cache_dir: Cache root for the fitted ZCA state (None: ``$DCBENCH_CACHE``).
         source: Provenance (a path or a package).
@@ -123,12 +170,12 @@ def build_dataset(
     Raises:
         UserError: if the shapes or labels do not fit the spec.
     """
-    train = to_unit_float(train_images)
-    test = to_unit_float(test_images)
+    raw = {"train": _as_tensor(train_images), "test": _as_tensor(test_images)}
     ytrain = torch.as_tensor(np.asarray(train_labels), dtype=torch.int64).reshape(-1)
     ytest = torch.as_tensor(np.asarray(test_labels), dtype=torch.int64).reshape(-1)
-    for split, x, y in (("train", train, ytrain), ("test", test, ytest)):
-        expected = spec.image_shape or tuple(train.shape[1:])
+    for split, y in (("train", ytrain), ("test", ytest)):
+        x = raw[split]
+        expected = spec.image_shape or tuple(raw["train"].shape[1:])
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(expected):
             raise UserError(
                 f"dataset {spec.name!r} ({source}): {split} images have shape {tuple(x.shape)}, "
@@ -143,8 +190,12 @@ def build_dataset(
                 f"dataset {spec.name!r} ({source}): {split} labels span {int(y.min())}..{int(y.max())}, "
                 f"expected 0..{len(classes) - 1}"
             )
-    if train.shape[0] == 0:
+    if raw["train"].shape[0] == 0:
         raise UserError(f"dataset {spec.name!r} ({source}): the training split is empty")
+    pool_idx, val_idx = validation_split(spec, ytrain.numpy())
+    train = to_unit_float(raw["train"], pool_idx)
+    val = to_unit_float(raw["train"], val_idx)
+    test = to_unit_float(raw["test"])
     state = None
     if zca:
         from dcbench_tesla.data import default_cache_dir
@@ -157,11 +208,13 @@ def build_dataset(
         name=spec.name,
         classes=[str(c) for c in classes],
         train_images=_apply_inplace(preprocessing, train),
-        train_labels=ytrain,
+        train_labels=ytrain[torch.from_numpy(pool_idx)],
         test_images=_apply_inplace(preprocessing, test),
         test_labels=ytest,
         preprocessing=preprocessing,
         source=source,
+        val_images=_apply_inplace(preprocessing, val),
+        val_labels=ytrain[torch.from_numpy(val_idx)],
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -64,19 +66,30 @@ class Preprocessing:
         return out.clamp(0, 1) if clamp else out
 
 
+Split = Literal["train", "val", "test"]
+
+
 @dataclass
 class Dataset:
-    """Preprocessed train and test splits held as float tensors.
+    """Preprocessed training pool, validation and test splits held as float tensors.
+
+    The training pool is what experts, methods, baselines and the whole-dataset bound see. The
+    validation split (held out of the training files by a fixed, class-stratified rule, see
+    :func:`~dcbench_tesla.data._build.build_dataset`) is what ``--eval-every`` and ``dcbench tune``
+    score on. The test split is read only for a run's final report, through :meth:`split`.
 
     Attributes:
         name: Registry name of the dataset ("digits", "cifar10", ...).
         classes: Class names, index = label.
-        train_images: (N, C, H, W) float32 model inputs (after preprocessing).
+        train_images: (N, C, H, W) float32 model inputs (after preprocessing): the training pool.
         train_labels: (N,) int64.
         test_images: (M, C, H, W) float32.
         test_labels: (M,) int64.
         preprocessing: Normalisation and optional ZCA state.
         source: Where the data came from (a path or a package), for provenance.
+        val_images: (V, C, H, W) float32, or None for a dataset built without a validation split
+            (the profiler's random stand-ins).
+        val_labels: (V,) int64, or None.
     """
 
     name: str
@@ -87,6 +100,8 @@ class Dataset:
     test_labels: Tensor
     preprocessing: Preprocessing
     source: str = ""
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
     _class_index: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -106,11 +121,39 @@ class Dataset:
             self._class_index[label] = torch.nonzero(self.train_labels == label).flatten()
         return self._class_index[label]
 
-    def with_preprocessing(self, preprocessing: Preprocessing) -> Dataset:
-        """The same images under another preprocessing (e.g. a synthetic set's ZCA state)."""
+    def split(self, name: Split) -> tuple[Tensor, Tensor]:
+        """``(images, labels)`` of the training pool, the validation or the test split.
 
-        def convert(x: Tensor) -> Tensor:
-            return preprocessing.apply(self.preprocessing.invert(x, clamp=False))
+        Raises:
+            UserError: an unknown split name, or a validation split that is missing or empty.
+        """
+        from dcbench_tesla.errors import UserError
+
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        if name != "val":
+            raise UserError(f"unknown split {name!r}: expected 'train', 'val' or 'test'")
+        if self.val_images is None or self.val_labels is None or self.val_labels.numel() == 0:
+            raise UserError(
+                f"dataset {self.name!r} has no validation images (its training classes are too small to hold "
+                "any out, or it was built without build_dataset)"
+            )
+        return self.val_images, self.val_labels
+
+    def with_preprocessing(self, preprocessing: Preprocessing) -> Dataset:
+        """The same images under another preprocessing (e.g. a synthetic set's ZCA state).
+
+        When both are the same mean/std normalisation the copy shares this dataset's tensors (no
+        round-off is added).
+        """
+        same_meanstd = (preprocessing.mean, preprocessing.std) == (self.preprocessing.mean, self.preprocessing.std)
+        if same_meanstd and preprocessing.zca is None and self.preprocessing.zca is None:
+            return dataclasses.replace(self, classes=list(self.classes), _class_index={})
+
+        def convert(x: Tensor | None) -> Tensor | None:
+            return None if x is None else preprocessing.apply(self.preprocessing.invert(x, clamp=False))
 
         return Dataset(
             name=self.name,
@@ -121,8 +164,10 @@ class Dataset:
             test_labels=self.test_labels,
             preprocessing=preprocessing,
             source=self.source,
+            val_images=convert(self.val_images),
+            val_labels=self.val_labels,
         )
 
     def min_class_size(self) -> int:
-        """Images in the smallest class of the training split."""
+        """Images in the smallest class of the training pool (the most a method can draw per class)."""
         return int(torch.bincount(self.train_labels, minlength=self.num_classes).min())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dcbench_tesla.data.dataset import Dataset
 
@@ -18,27 +17,23 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split: ``(train_idx, test_idx)``, each sorted ascending.
 
-    One ``torch.Generator`` seeded with ``seed`` draws, class by class in increasing label order,
-    a permutation of that class's indices; the first ``round(test_fraction * n_class)`` go to test.
+    :func:`~dcbench_tesla.data._build.stratified_split` holding out ``round(test_fraction * n_class)``
+    images of each class (a permutation per class, in increasing label order, from one generator).
     """
-    generator = torch.Generator().manual_seed(seed)
-    train: list[np.ndarray] = []
-    test: list[np.ndarray] = []
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        perm = torch.randperm(len(idx), generator=generator).numpy()
-        n_test = int(round(test_fraction * len(idx)))
-        test.append(idx[perm[:n_test]])
-        train.append(idx[perm[n_test:]])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    from dcbench_tesla.data._build import stratified_split
+
+    return stratified_split(labels, lambda n: int(round(test_fraction * n)), seed)
 
 
 def load_digits(root: Path | None = None, *, zca: bool = False, cache_dir: Path | None = None) -> Dataset:
     """Load scikit-learn's ``load_digits`` (1,797 images, 8x8, values 0..16) as a :class:`Dataset`.
 
-    Pixels are scaled to [0, 1] by dividing by 16. The split is stratified and fixed (see
-    :func:`split_indices`: seed 0, 20% of each class to test, i.e. 1,438 train / 359 test images).
-    Normalised with ``DIGITS_MEAN``/``DIGITS_STD``, or ZCA-whitened when ``zca``.
+    Pixels are scaled to [0, 1] by dividing by 16. The test split is stratified and fixed (see
+    :func:`split_indices`: seed 0, 20% of each class to test, i.e. 1,438 train / 359 test images);
+    :func:`~dcbench_tesla.data._build.build_dataset` then holds 10% of each training class out for
+    validation (143 images), leaving a training pool of 1,295 (smallest class: 125). Normalised with
+    ``DIGITS_MEAN``/``DIGITS_STD`` (measured on the 1,438 images before the validation split), or
+    ZCA-whitened (fitted on the pool) when ``zca``.
 
     Args:
         root: Ignored (the data ships inside scikit-learn).

@@ -26,6 +26,11 @@ class DatasetSpec:
         default_protocol: Evaluation protocol used when a run names none.
         num_experts: Expert trajectories ``dcbench experts`` trains when ``--num-experts`` is not given.
         loader_options: Extra keyword options the loader takes (e.g. ``("image_size",)``).
+        val_fraction: The validation split's rule for small sets: this fraction of each training class
+            (rounded) is held out of the training pool.
+        val_per_class: The rule for large sets: this many images of each training class (overrides
+            ``val_fraction``). Either way at least one image of a class with two or more goes to
+            validation, and at least one stays in the pool (see :meth:`val_size`).
     """
 
     name: str
@@ -42,6 +47,29 @@ class DatasetSpec:
     default_protocol: str = "paper"
     num_experts: int = 100
     loader_options: tuple[str, ...] = ()
+    val_fraction: float = 0.1
+    val_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"DatasetSpec {self.name!r}: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_per_class is not None and self.val_per_class < 0:
+            raise ValueError(f"DatasetSpec {self.name!r}: val_per_class must be >= 0, got {self.val_per_class}")
+
+    def val_size(self, class_size: int) -> int:
+        """Images of a training class of ``class_size`` images that go to the validation split.
+
+        ``val_per_class`` when set, else ``round(val_fraction * class_size)``; then at least 1 when the
+        class has two or more images (every class is validated) and at most ``class_size - 1`` (every
+        class keeps a training image). A rule of 0 (``val_fraction=0``) holds nothing out.
+        """
+        if self.val_per_class is not None:
+            rule, wanted = self.val_per_class, self.val_per_class
+        else:
+            rule, wanted = self.val_fraction, round(self.val_fraction * class_size)
+        if rule == 0 or class_size < 2:
+            return 0
+        return min(max(int(wanted), 1), class_size - 1)
 
     @property
     def fixed_shape(self) -> bool:

@@ -70,6 +70,9 @@ class BenchRequest:
         progress: Show progress bars.
         cache_dir: Cache of ZCA states and experts [``$DCBENCH_CACHE``].
         yes: Run cells whose estimated cost is far above the dataset's config cards.
+        real: Evaluate the whole training pool with hard labels beside every cell (cached; HLR, DDRS);
+            None: only when already cached.
+        ddrs_weight: ``w`` of DDRS in every cell and in ``ranking.md``.
     """
 
     methods: list[str]
@@ -93,6 +96,8 @@ class BenchRequest:
     progress: bool = True
     cache_dir: Path | None = None
     yes: bool = False
+    real: bool | None = None
+    ddrs_weight: float = 0.5
 
 
 @dataclass
@@ -221,6 +226,8 @@ def plan(request: BenchRequest) -> BenchPlan:
         cache_dir=request.cache_dir,
         yes=request.yes,
         overwrite=True,  # a cell is only ever computed when it has no result.json
+        real=request.real,
+        ddrs_weight=request.ddrs_weight,
     )
     cells: list[Cell] = []
     normalised: dict[str, dict[str, Any]] = {}
@@ -252,6 +259,8 @@ def plan(request: BenchRequest) -> BenchPlan:
         "whole_dataset": bool(request.whole_dataset),
         "exclude": exclude,
         "seed": request.seed,
+        "real": request.real,
+        "ddrs_weight": float(request.ddrs_weight),
     }
     identity = json.loads(json.dumps(identity, default=str))  # compare as it reads back from bench.json
     return BenchPlan(identity=identity, cells=cells, output=Path(request.output), baseline_method=baseline)
@@ -466,7 +475,8 @@ def run_bench(
         output_dir: The bench directory.
         **options: Further :class:`BenchRequest` fields (``num_eval_models``, ``eval_epochs``,
             ``protocol``, ``iterations``, ``options``, ``whole_dataset``, ``exclude``, ``seed``,
-            ``overwrite``, ``data_root``, ``device``, ``threads``, ``progress``, ``cache_dir``).
+            ``overwrite``, ``data_root``, ``device``, ``threads``, ``progress``, ``cache_dir``, ``real``,
+            ``ddrs_weight``).
 
     Returns:
         The tidy results (also written to ``results.csv``).

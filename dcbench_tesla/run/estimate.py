@@ -46,16 +46,28 @@ def seconds_per_image_step(model_name: str, dataset: Any, device: Any) -> float:
     return sorted(times[1:])[len(times[1:]) // 2] / x.shape[0]
 
 
-def evaluation_work(run: Any, dataset: Any) -> dict[str, float]:
-    """Image-steps of the evaluations: K models x epochs x images, per architecture, for each set evaluated."""
+def whole_pool_work(run: Any, dataset: Any) -> float:
+    """Image-steps of evaluating the whole training pool (K models x epochs x pool, per architecture)."""
+    return float(len(run.models) * run.protocol.num_models * run.protocol.epochs * dataset.train_images.shape[0])
+
+
+def evaluation_work(run: Any, dataset: Any, real: bool) -> dict[str, float]:
+    """Image-steps of the evaluations: K models x epochs x images, per architecture, for each set evaluated.
+
+    Counts the set, its hard-label twin (soft sets), the random subset under both label rules, and
+    the whole training pool when ``real`` and not cached.
+    """
+    from dcbench_tesla.evaluation import whole_pool_cached
+
     request, protocol = run.request, run.protocol
-    per_set = len(run.models) * protocol.num_models * protocol.epochs
-    images = dataset.num_classes * request.ipc
-    work = {"evaluation": float(per_set * images)}
-    if request.baseline and not run.spec.is_baseline:
-        work["evaluation"] += float(per_set * images)
-    if request.whole_dataset:
-        work["whole dataset"] = float(per_set * dataset.train_images.shape[0])
+    per_set = len(run.models) * protocol.num_models * protocol.epochs * dataset.num_classes * request.ipc
+    sets = 1 + (2 if request.baseline and not run.spec.is_baseline else 0)
+    work = {"evaluation": float(per_set * sets)}
+    split = request.eval_split
+    if real and not whole_pool_cached(
+        dataset, run.models, protocol, request.seed, split=split, cache_dir=request.cache_dir
+    ):
+        work["whole pool (hard labels, cached after)"] = whole_pool_work(run, dataset)
     return work
 
 

@@ -10,6 +10,7 @@ validates a request again.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from dcbench_tesla.run.rundir import RunDir
 
 @dataclass
 class RunRequest:
-    """Everything ``dcbench run`` asks for. None means "use the default"."""
+    """Everything ``dcbench run`` asks for. None means "use the default".
+
+    Fair-evaluation fields: ``real`` (evaluate the whole training pool with hard labels, cached, for
+    HLR; None: only when it is already cached), ``ddrs_weight`` (``w`` of DDRS), ``eval_split`` (the
+    split the final evaluation scores: "test" for a run, "val" for a ``dcbench tune`` trial, which never reads the test split) and
+    ``on_eval`` (called as ``on_eval(iteration, val_accuracy)`` after every ``--eval-every``
+    evaluation; ``dcbench tune`` reports to its pruner through it and may raise to stop the run).
+    """
 
     method: str
     dataset: str = DEFAULT_DATASET
@@ -52,6 +60,10 @@ class RunRequest:
     resume: bool = False
     eval_every: int = 0
     yes: bool = False
+    real: bool | None = None
+    ddrs_weight: float = 0.5
+    eval_split: str = "test"
+    on_eval: Callable[[int, float], None] | None = None
 
     def default_output(self) -> Path:
         """``runs/<method>-<dataset>-ipc<ipc>-seed<seed>``."""
@@ -110,7 +122,13 @@ class ResolvedRun:
             "zca": self.zca,
             "options": dataclasses.asdict(self.options),
             "layers": self.layers,
-            "evaluation": {"protocol": dataclasses.asdict(self.protocol), "models": self.models},
+            "evaluation": {
+                "protocol": dataclasses.asdict(self.protocol),
+                "models": self.models,
+                "split": r.eval_split,
+                "real": r.real,
+                "ddrs_weight": r.ddrs_weight,
+            },
             "device": str(self.device),
             "threads": threads,
         }
@@ -170,6 +188,8 @@ def _check_counts(request: RunRequest) -> None:
         raise UserError("--checkpoint-every must be 0 (only on interrupt) or a positive number of iterations")
     if request.iterations is not None and request.iterations < 0:
         raise UserError(f"--iterations must be at least 0, got {request.iterations}")
+    if request.eval_split not in ("test", "val"):
+        raise UserError(f"the final evaluation scores the 'test' or the 'val' split, not {request.eval_split!r}")
 
 
 def resolve(request: RunRequest) -> ResolvedRun:
@@ -181,6 +201,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     from dcbench_tesla.checks import MAX_THREADS, resolve_device
     from dcbench_tesla.evaluation import evaluation_lr, protocol_for
     from dcbench_tesla.models import MODELS
+    from dcbench_tesla.scores import check_weight
 
     if request.threads is not None and not 1 <= request.threads <= MAX_THREADS:
         raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {request.threads}")
@@ -188,6 +209,7 @@ def resolve(request: RunRequest) -> ResolvedRun:
     method_spec = spec(request.method)
     data = dataset_spec(request.dataset)
     _check_counts(request)
+    check_weight(request.ddrs_weight)
     overrides, layers, zca = option_layers(request, method_spec)
     options = build_options(distiller_class(method_spec).Config, overrides, owner=f"method {request.method!r}")
     protocol = protocol_for(request.dataset, request.protocol, request.num_eval_models, request.eval_epochs)

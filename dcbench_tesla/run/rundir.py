@@ -39,7 +39,7 @@ from dcbench_tesla.files import (
     remove_stale_temporaries,
 )
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 2
 
 
 class ResultRecord(TypedDict):
@@ -52,11 +52,33 @@ class ResultRecord(TypedDict):
     seed: Annotated[int, "the run's seed (distillation, baseline draw and evaluation models derive from it)"]
     config: Annotated[dict, "resolved method options, run options and the source of each layer"]
     iterations: Annotated[int, "outer iterations done"]
-    evaluation: Annotated[dict, "protocol, seed and per-model accuracies, mean and std (fractions)"]
+    eval_split: Annotated[str, "the split every accuracy below is scored on: 'test' (a run), 'val' (a tune trial)"]
+    evaluation: Annotated[
+        dict, "the set with its own labels: protocol, seed, split, per-model accuracies, mean and std (fractions)"
+    ]
+    evaluation_hard_labels: Annotated[
+        dict | None, "the same images with hard labels (argmax of the soft labels); null when the labels are hard"
+    ]
     baseline: Annotated[
-        dict | None, "the random real subset of the same IPC under the same protocol (null for the baseline method)"
+        dict | None,
+        "the random real subset of the same IPC with hard labels, same protocol (null for the baseline method)",
+    ]
+    baseline_same_rule: Annotated[
+        dict | None,
+        "the same random subset with labels from the set's own rule (the method's relabel: e.g. the same "
+        "teacher's soft labels); 'label_rule' says 'soft' or 'hard' (null with --no-baseline)",
+    ]
+    real_hard: Annotated[
+        dict | None,
+        "the whole training pool with hard labels at the protocol's fixed lr, cached per dataset, model, "
+        "protocol and preprocessing (null with --no-real)",
     ]
     whole_dataset: Annotated[dict | None, "the whole training set under the protocol, if asked for (else null)"]
+    scores: Annotated[
+        dict,
+        "per model: acc_syn, acc_syn_hard, acc_rdm_same_rule, acc_real_hard (fractions), hlr, ior, ddrs and "
+        "ddrs_weight (DD-Ranking; null where an input was not measured)",
+    ]
     reference_accuracy: Annotated[
         float | None, "the paper's published accuracy for this dataset and IPC, if any (percent)"
     ]

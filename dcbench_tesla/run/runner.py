@@ -9,26 +9,24 @@ from __future__ import annotations
 import dataclasses
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.distiller import Distiller, RunContext
 from dcbench_tesla.errors import Interrupted, UserError
-from dcbench_tesla.evaluation import (
-    EvaluationResult,
-    evaluate_images,
-    evaluation_lr,
-    format_accuracy,
-    random_real_subset,
-)
+from dcbench_tesla.evaluation import evaluate_images, evaluation_lr, format_accuracy
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.method import build_distiller
 from dcbench_tesla.run import estimate
 from dcbench_tesla.run.loop import run_episode
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve
 from dcbench_tesla.run.rundir import RESULT_SCHEMA_VERSION, ResultRecord
+from dcbench_tesla.scores import FairEvaluation, evaluate_with_scores, format_scores, same_rule_labels
 from dcbench_tesla.synthetic import SyntheticSet
-from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar, Wrapper
+from dcbench_tesla.wrappers import Checkpoint, EvaluateEvery, FiniteInfo, MetricsLog, ProgressBar, Wrapper, unwrap
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Phases:
@@ -79,9 +77,10 @@ def run_context(run: ResolvedRun) -> RunContext:
 
 
 def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
-    """``--eval-every``: one model of the first architecture on the current set (watching only).
+    """``--eval-every``: one model of the first architecture on the current set, scored on validation.
 
-    The figure is logged, never used to pick a set (the result is always the final set).
+    The figure is logged (``val_acc``) and passed to ``request.on_eval`` (``dcbench tune``'s pruner),
+    never used to pick a set (the result is always the final set), and the test split is not read.
     """
     protocol = run.protocol.replace(num_models=1)
     request = run.request
@@ -89,15 +88,26 @@ def periodic_evaluation(run: ResolvedRun, dataset: Dataset) -> Any:
     def evaluate(syn: SyntheticSet) -> dict[str, Any]:
         lr = evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol)
         result = evaluate_images(
-            syn.images, syn.labels, dataset, run.models[:1], lr, protocol, request.seed, run.device
+            syn.images, syn.labels, dataset, run.models[:1], lr, protocol, request.seed, run.device, split="val"
         )
-        return {"eval_acc": result.by_model[run.models[0]].mean}
+        accuracy = result.by_model[run.models[0]].mean
+        if request.on_eval is not None:
+            request.on_eval(syn.iteration, accuracy)
+        return {"val_acc": accuracy}
 
     return evaluate
 
 
-def distil(run: ResolvedRun, dataset: Dataset, distiller: Distiller, phases: Phases) -> SyntheticSet:
-    """Wrap the method (finite check, periodic evaluation, log, checkpoint, progress) and run its episode."""
+def distil(
+    run: ResolvedRun, dataset: Dataset, distiller: Distiller, phases: Phases
+) -> tuple[SyntheticSet, Tensor | None]:
+    """Wrap the method (finite check, periodic evaluation, log, checkpoint, progress) and run its episode.
+
+    Returns:
+        The synthetic set, and the labels its rule gives the random real subset (see
+        :func:`~dcbench_tesla.scores.same_rule_labels`; None without ``request.baseline``), taken before
+        the method is closed.
+    """
     request = run.request
     env: Any = TimeReset(FiniteInfo(distiller), phases)
     if request.eval_every > 0:
@@ -119,7 +129,12 @@ def distil(run: ResolvedRun, dataset: Dataset, distiller: Distiller, phases: Pha
             notice=print,
         )
         checkpoint.save()  # the finished episode: an interrupted evaluation resumes without distilling
-        return env.synthetic_set()
+        baseline_labels = (
+            same_rule_labels(unwrap(env), dataset, request.ipc, request.seed, request.method)
+            if request.baseline
+            else None
+        )
+        return env.synthetic_set(), baseline_labels
     finally:
         env.close()
 
@@ -136,27 +151,49 @@ def check_exported_set(syn: Any, dataset: Dataset, method: str) -> None:
     syn.validate()
 
 
-def evaluate(run: ResolvedRun, dataset: Dataset, syn: SyntheticSet) -> dict[str, EvaluationResult | None]:
-    """The set (its own lr rule), the random real subset beside it and the whole dataset (the protocol's lr).
+def real_pool_wanted(run: ResolvedRun, dataset: Dataset) -> bool:
+    """Whether to evaluate the whole training pool with hard labels: ``--real``/``--no-real``, else if cached.
 
-    The random real subset is the papers' Random column: hard labels and the protocol's fixed lr,
-    the same number whatever method it is printed beside.
+    Without either flag the pool is evaluated only when its result is already cached; computing it
+    once costs K models x epochs x the whole pool, far more than a small run (the header says how much).
+    """
+    request = run.request
+    if request.whole_dataset or request.real is not None:
+        return bool(request.whole_dataset or request.real)
+    from dcbench_tesla.evaluation import whole_pool_cached
+
+    split = request.eval_split  # type: ignore[assignment]
+    return whole_pool_cached(dataset, run.models, run.protocol, request.seed, split=split, cache_dir=request.cache_dir)
+
+
+def evaluate(
+    run: ResolvedRun, dataset: Dataset, syn: SyntheticSet, baseline_labels: Tensor | None, real: bool
+) -> FairEvaluation:
+    """The set and everything its scores need (see :func:`~dcbench_tesla.scores.evaluate_with_scores`).
+
+    The hard-label random subset is evaluated unless the method is the baseline itself; the subset
+    under the set's own label rule whenever ``baseline_labels`` are given; the whole training pool
+    (cached) unless ``--no-real`` (and always for ``--whole-dataset``). Scores ``request.eval_split``.
     """
     request, protocol = run.request, run.protocol
-    lr = evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol)
-    context = (run.models, protocol, request.seed, run.device, request.progress)
-    results: dict[str, EvaluationResult | None] = {"evaluation": None, "baseline": None, "whole_dataset": None}
-    results["evaluation"] = evaluate_images(syn.images, syn.labels, dataset, *context[:1], lr, *context[1:], "evaluate")
-    if request.baseline and not run.spec.is_baseline:
-        images, labels = random_real_subset(dataset, request.ipc, request.seed)
-        results["baseline"] = evaluate_images(
-            images, labels, dataset, run.models, protocol.fixed_lr, *context[1:], "random real subset"
-        )
-    if request.whole_dataset:
-        results["whole_dataset"] = evaluate_images(
-            dataset.train_images, dataset.train_labels, dataset, run.models, protocol.fixed_lr, *context[1:], "whole"
-        )
-    return results
+    return evaluate_with_scores(
+        syn.images,
+        syn.labels,
+        evaluation_lr(syn.lr, run.spec.eval_lr, request.eval_lr, protocol),
+        dataset,
+        run.models,
+        protocol,
+        request.seed,
+        run.device,
+        ipc=request.ipc,
+        same_rule_labels=baseline_labels,
+        hard_baseline=request.baseline and not run.spec.is_baseline,
+        real=real,
+        split=request.eval_split,  # type: ignore[arg-type]
+        cache_dir=request.cache_dir,
+        progress=request.progress,
+        ddrs_weight=request.ddrs_weight,
+    )
 
 
 def header(run: ResolvedRun, dataset: Dataset, distiller: Distiller, work: dict[str, float], step_s: float) -> str:
@@ -217,9 +254,16 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     check_ipc(dataset, request.ipc)
     context = run_context(run)
     distiller = build_distiller(run.spec, run.options, context)
-    work = {**distiller.estimate_work(dataset, request.ipc), **estimate.evaluation_work(run, dataset)}
+    real = real_pool_wanted(run, dataset)
+    work = {**distiller.estimate_work(dataset, request.ipc), **estimate.evaluation_work(run, dataset, real)}
     step_s = estimate.seconds_per_image_step(run.models[0], dataset, run.device)
     print(header(run, dataset, distiller, work, step_s), flush=True)
+    if not real and request.real is None:
+        pool = estimate.whole_pool_work(run, dataset) * step_s
+        print(
+            f"  no HLR/DDRS: the whole training pool with hard labels is not cached yet; --real computes it once "
+            f"(~{estimate.human_seconds(pool)}), then every run on this data reads it back"
+        )
     check_cost(run, dataset, work, step_s, context)
     run.rundir.open(run.resumes)
     try:
@@ -238,7 +282,7 @@ def _distil_evaluate_record(run: ResolvedRun, dataset: Dataset, distiller: Disti
     config = run.config_record(torch.get_num_threads())
     write_json_atomic(run.rundir.config, config)  # on resume: same identity, current evaluation settings
     start = time.perf_counter()
-    syn = distil(run, dataset, distiller, phases)
+    syn, baseline_labels = distil(run, dataset, distiller, phases)
     phases.seconds["distillation"] = time.perf_counter() - start - phases.seconds.get("set-up", 0.0)
     check_exported_set(syn, dataset, request.method)
     syn.config = config
@@ -246,12 +290,13 @@ def _distil_evaluate_record(run: ResolvedRun, dataset: Dataset, distiller: Disti
     syn.save(run.rundir.synthetic_set)
     try:
         with phases.phase("evaluation"):
-            results = evaluate(run, dataset, syn)
+            fair = evaluate(run, dataset, syn, baseline_labels, real_pool_wanted(run, dataset))
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted during evaluation; the distilled set is saved. Continue with the same command plus "
             "--resume (it evaluates again without distilling)."
         ) from None
+    records = fair.records()
     record: ResultRecord = {
         "schema_version": RESULT_SCHEMA_VERSION,
         "method": run.spec.to_dict(),
@@ -260,34 +305,58 @@ def _distil_evaluate_record(run: ResolvedRun, dataset: Dataset, distiller: Disti
         "seed": request.seed,
         "config": config,
         "iterations": syn.iteration,
-        "evaluation": results["evaluation"].to_dict(),
-        "baseline": results["baseline"].to_dict() if results["baseline"] else None,
-        "whole_dataset": results["whole_dataset"].to_dict() if results["whole_dataset"] else None,
+        "eval_split": request.eval_split,
+        "evaluation": records["evaluation"],
+        "evaluation_hard_labels": records["evaluation_hard_labels"],
+        "baseline": records["baseline"],
+        "baseline_same_rule": records["baseline_same_rule"],
+        "real_hard": records["real_hard"],
+        "whole_dataset": records["real_hard"] if request.whole_dataset else None,
+        "scores": records["scores"],
         "reference_accuracy": run.spec.reference_accuracy.get(request.dataset, {}).get(request.ipc),
         "synthetic_set": run.rundir.SYNTHETIC_SET,
         "provenance": {**provenance(run.device), "phase_seconds": phases.seconds},
     }
     write_json_atomic(run.rundir.result, record)
     run.rundir.checkpoint.unlink(missing_ok=True)  # finished: the result and the set are what is kept
-    print(summary(run, results))
+    print(summary(run, fair))
     print(phases.line())
     return record
 
 
-def summary(run: ResolvedRun, results: dict[str, EvaluationResult | None]) -> str:
+def summary(run: ResolvedRun, fair: FairEvaluation) -> str:
     """The lines ``dcbench run`` prints at the end (every accuracy with the lr it was trained with)."""
-    request, evaluation = run.request, results["evaluation"]
-    protocol = evaluation.protocol
+    request = run.request
+    protocol = fair.evaluation.protocol
     lines = [
         f"{request.method} on {request.dataset}, IPC {request.ipc}, seed {request.seed} "
         f"({protocol.num_models} models x {protocol.epochs} epochs, protocol {protocol.name!r})",
+        *score_lines(fair, "validation" if request.eval_split == "val" else "test"),
+        f"run directory: {run.rundir}",
     ]
-    for name, result in evaluation.by_model.items():
-        line = f"  {name}: test accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
-        for key, label in (("baseline", "random real subset"), ("whole_dataset", "whole dataset")):
-            other = results[key]
-            if other is not None:
-                line += f"   {label}: {format_accuracy(other.by_model[name])} %  (lr {other.by_model[name].lr:.4g})"
-        lines.append(line)
-    lines.append(f"run directory: {run.rundir}")
     return "\n".join(lines)
+
+
+def score_lines(fair: FairEvaluation, split_name: str) -> list[str]:
+    """Per architecture: the accuracy beside its baselines, then the label-robust scores (``run`` and ``eval``)."""
+    lines = []
+    for name, result in fair.evaluation.by_model.items():
+        line = f"  {name}: {split_name} accuracy {format_accuracy(result)} %  (lr {result.lr:.4g})"
+        if fair.baseline is not None:
+            base = fair.baseline.by_model[name]
+            line += f"   random real subset: {format_accuracy(base)} %  (lr {base.lr:.4g})"
+        lines.append(line)
+        parts = []
+        if fair.evaluation_hard is not None:
+            parts.append(f"hard labels: {format_accuracy(fair.evaluation_hard.by_model[name])} %")
+        if fair.baseline_same_rule is not None:
+            same = format_accuracy(fair.baseline_same_rule.by_model[name])
+            parts.append(f"random subset, same label rule ({fair.same_rule_kind}): {same} %")
+        if fair.real_hard is not None:
+            parts.append(f"whole dataset: {format_accuracy(fair.real_hard.by_model[name])} %")
+        if parts:
+            lines.append("    " + "   ".join(parts))
+        scores = fair.scores[name]
+        if scores.hlr is not None or scores.ior is not None:
+            lines.append(f"    {format_scores(scores)}")
+    return lines

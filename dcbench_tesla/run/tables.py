@@ -9,6 +9,9 @@ the tables can be rebuilt at any time from a (possibly unfinished) bench directo
   model.
 - ``table2.md`` / ``table2.csv`` (more than one evaluation model): rows method at one IPC,
   columns evaluation architectures.
+- ``ranking.md`` / ``ranking.csv``: per IPC, the methods ranked by DDRS (DD-Ranking's label-robust
+  score, see :mod:`dcbench_tesla.scores`) beside their accuracy, HLR and IOR, on the first
+  evaluation model.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dcbench_tesla.files import write_text_atomic
 from dcbench_tesla.run.rundir import RunDir
 
 WHOLE_DATASET = "whole-dataset"
-DERIVED_FILES = ("results.csv", "table1.md", "table1.csv", "table2.md", "table2.csv")
+DERIVED_FILES = ("results.csv", "table1.md", "table1.csv", "table2.md", "table2.csv", "ranking.md", "ranking.csv")
 MISSING = "–"
 
 RESULT_COLUMNS = [
@@ -39,6 +42,13 @@ RESULT_COLUMNS = [
     "baseline_mean_pct",
     "baseline_std_pct",
     "reference_pct",
+    "syn_hard_pct",
+    "rdm_same_rule_pct",
+    "same_rule_labels",
+    "real_hard_pct",
+    "hlr_pts",
+    "ior_pts",
+    "ddrs",
     "eval_lr",
     "protocol",
     "epochs",
@@ -97,9 +107,11 @@ def results_frame(bench_dir: Path | str) -> pd.DataFrame:
         whole = cell["name"] == WHOLE_DATASET
         evaluation = record["whole_dataset"] if whole else record["evaluation"]
         baseline = None if whole else record.get("baseline")
+        same_rule = None if whole else record.get("baseline_same_rule")
         for model, result in evaluation["by_model"].items():
             base = (baseline or {}).get("by_model", {}).get(model)
             reference = record.get("reference_accuracy") if not whole and model == default_model else None
+            scores = {} if whole else (record.get("scores") or {}).get(model, {})
             rows.append(
                 {
                     "dataset": record["dataset"],
@@ -112,6 +124,13 @@ def results_frame(bench_dir: Path | str) -> pd.DataFrame:
                     "baseline_mean_pct": _pct(base["mean"]) if base else math.nan,
                     "baseline_std_pct": _pct(base["std"]) if base else math.nan,
                     "reference_pct": math.nan if reference is None else float(reference),
+                    "syn_hard_pct": _pct(scores.get("acc_syn_hard")),
+                    "rdm_same_rule_pct": _pct(scores.get("acc_rdm_same_rule")),
+                    "same_rule_labels": (same_rule or {}).get("label_rule"),
+                    "real_hard_pct": _pct(scores.get("acc_real_hard")),
+                    "hlr_pts": _pct(scores.get("hlr")),
+                    "ior_pts": _pct(scores.get("ior")),
+                    "ddrs": math.nan if scores.get("ddrs") is None else float(scores["ddrs"]),
                     "eval_lr": result["lr"],
                     "protocol": evaluation["protocol"]["name"],
                     "epochs": evaluation["protocol"]["epochs"],
@@ -231,6 +250,37 @@ def _table2(frame: pd.DataFrame, manifest: dict[str, Any], markdown: bool) -> pd
     return pd.DataFrame(rows)
 
 
+def _ranking(frame: pd.DataFrame, manifest: dict[str, Any], markdown: bool) -> pd.DataFrame:
+    """Per IPC, the methods on the first evaluation model ranked by DDRS (unscored ones last)."""
+    request = manifest["request"]
+    on_model = frame[(frame["eval_model"] == request["eval_models"][0]) & (frame["method"] != WHOLE_DATASET)]
+    rows = []
+
+    def num(value: float, digits: int = 1) -> str:
+        return MISSING if pd.isna(value) else f"{value:.{digits}f}"
+
+    for ipc in request["ipcs"]:
+        at_ipc = on_model[on_model["ipc"] == ipc].sort_values("ddrs", ascending=False, na_position="last")
+        for rank, row in enumerate(at_ipc.itertuples(index=False), start=1):
+            accuracy = _entry(at_ipc[at_ipc["method"] == row.method], markdown)
+            same_rule = num(row.rdm_same_rule_pct)
+            rows.append(
+                {
+                    "IPC": str(ipc),
+                    "Rank": str(rank) if not pd.isna(row.ddrs) else MISSING,
+                    "Method": row.method,
+                    "DDRS": num(row.ddrs, 3),
+                    "Accuracy": accuracy,
+                    "Hard labels": num(row.syn_hard_pct),
+                    "Random, same rule": f"{same_rule} ({row.same_rule_labels})" if row.same_rule_labels else same_rule,
+                    "Whole dataset": num(row.real_hard_pct),
+                    "HLR (pts)": num(row.hlr_pts),
+                    "IOR (pts)": num(row.ior_pts),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """A pipe table (no extra dependency)."""
     header = "| " + " | ".join(str(c) for c in table.columns) + " |"
@@ -273,6 +323,26 @@ def write_tables(bench_dir: Path | str) -> list[Path]:
     write_text_atomic(bench_dir / "table1.md", "\n".join(lines) + "\n")
     write_text_atomic(bench_dir / "table1.csv", _table1(frame, manifest, markdown=False)[0].to_csv(index=False))
     written += [bench_dir / "table1.md", bench_dir / "table1.csv"]
+
+    ranking = _ranking(frame, manifest, markdown=True)
+    weight = request.get("ddrs_weight", 0.5)
+    lines = [
+        f"# Ranking by DDRS on {request['dataset']}, evaluated on {model}",
+        "",
+        *provenance,
+        *unfinished,
+        "",
+        markdown_table(ranking),
+        "",
+        "Accuracies in %, HLR and IOR in percentage points. Hard labels: the same images trained with the argmax "
+        "of their labels. Random, same rule: the random real subset of the same IPC labelled by the set's own rule "
+        "(soft: the same teacher's soft labels). Whole dataset: the whole training pool, hard labels, cached.",
+        f"HLR = whole - hard labels; IOR = accuracy - random (same rule); DDRS = (e^a - e^-1) / (e - e^-1) with "
+        f"a = w IOR - (1 - w) HLR, w = {weight:g} (DD-Ranking, Li et al. 2025). Higher DDRS ranks first.",
+    ]
+    write_text_atomic(bench_dir / "ranking.md", "\n".join(lines) + "\n")
+    write_text_atomic(bench_dir / "ranking.csv", _ranking(frame, manifest, markdown=False).to_csv(index=False))
+    written += [bench_dir / "ranking.md", bench_dir / "ranking.csv"]
 
     if len(request["eval_models"]) > 1:
         table2 = _table2(frame, manifest, markdown=True)

@@ -37,7 +37,7 @@ def test_ls_lists_methods_datasets_models():
 
 def test_run_random_writes_a_run_directory(tmp_path):
     out = tmp_path / "run"
-    result = invoke("run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--output", out, *FAST)
+    result = invoke("run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--real", "--output", out, *FAST)
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and "±" in result.output
     assert sorted(p.name for p in out.iterdir()) == [
@@ -50,7 +50,10 @@ def test_run_random_writes_a_run_directory(tmp_path):
     assert set(record) == set(RESULT_SCHEMA)
     accs = record["evaluation"]["by_model"]["convnet"]["accuracies"]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
-    assert record["baseline"] is None  # the random method is its own baseline
+    assert record["baseline"] is None  # the random method is its own baseline ...
+    scores = record["scores"]["convnet"]
+    assert record["baseline_same_rule"]["label_rule"] == "hard" and scores["ior"] == 0.0  # ... so IOR is 0
+    assert scores["hlr"] == pytest.approx(scores["acc_real_hard"] - scores["acc_syn"]) and 0 <= scores["ddrs"] <= 1
     assert record["provenance"]["threads"] >= 1
     config = json.loads((out / "config.json").read_text())
     assert config["seed"] == 0 and config["ipc"] == 2
@@ -58,13 +61,16 @@ def test_run_random_writes_a_run_directory(tmp_path):
 
 def test_eval_of_a_saved_set_reproduces_the_run(tmp_path):
     out = tmp_path / "run"
-    assert invoke("run", "--method", "random", "--ipc", "2", "--output", out, *FAST).exit_code == 0
+    assert invoke("run", "--method", "random", "--ipc", "2", "--real", "--output", out, *FAST).exit_code == 0
     run_acc = json.loads((out / "result.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
     result = invoke("eval", out / "synthetic_set.safetensors", *FAST[:-1], "--output", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
-    eval_acc = json.loads((tmp_path / "e.json").read_text())["evaluation"]["by_model"]["convnet"]["accuracies"]
-    assert eval_acc == pytest.approx(run_acc)
-    assert json.loads((tmp_path / "e.json").read_text())["baseline"] is None  # the baseline method's own set
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["evaluation"]["by_model"]["convnet"]["accuracies"] == pytest.approx(run_acc)
+    run_scores = json.loads((out / "result.json").read_text())["scores"]
+    assert evaluated["scores"]["convnet"] == pytest.approx(run_scores["convnet"])  # the whole pool: from the cache
+    assert "DDRS" in result.output and "whole dataset" in result.output
+    assert evaluated["baseline"] is None  # the baseline method's own set
 
 
 def test_eval_saves_by_default_beside_the_file_with_the_baseline_and_never_overwrites(tmp_path):
@@ -196,8 +202,8 @@ def test_eval_every_logs_accuracy_at_those_iterations(tmp_path):
     result = invoke(*args, "--eval-every", "2", "--output", out, *FAST)
     assert result.exit_code == 0, result.output
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-    assert [s["iteration"] for s in steps if "eval_acc" in s] == [2, 4]
-    assert all(0.0 <= s["eval_acc"] <= 1.0 for s in steps if "eval_acc" in s)
+    assert [s["iteration"] for s in steps if "val_acc" in s] == [2, 4]  # scored on the validation split
+    assert all(0.0 <= s["val_acc"] <= 1.0 for s in steps if "val_acc" in s)
     assert_user_error(invoke(*args, "--eval-every", "-1", "--output", tmp_path / "x", *FAST), "--eval-every")
 
 

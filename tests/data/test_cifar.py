@@ -16,6 +16,9 @@ from dcbench_tesla.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR10
 from dcbench_tesla.data.cifar import SafeUnpickler, load_cifar10, load_cifar100, safe_unpickle
 from dcbench_tesla.errors import UserError
 
+# the loaders read files; the validation split cut from them is tested in test_split.py
+pytestmark = pytest.mark.usefixtures("no_validation_split")
+
 CIFAR10_NAMES = [
     b"airplane",
     b"automobile",

@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits as sk_load_digits
 
-from dcbench_tesla.data import DIGITS_MEAN, DIGITS_STD, load_dataset
+from dcbench_tesla.data import DATASETS, DIGITS_MEAN, DIGITS_STD, load_dataset
+from dcbench_tesla.data._build import validation_split
 from dcbench_tesla.data.digits import load_digits, split_indices
 
 
@@ -19,7 +20,8 @@ def digits():
 def test_shapes_classes_and_source(digits):
     assert digits.name == "digits"
     assert digits.classes == [str(i) for i in range(10)]
-    assert digits.train_images.shape == (1438, 1, 8, 8)
+    assert digits.train_images.shape == (1295, 1, 8, 8)  # the training pool: 1,438 less 143 for validation
+    assert digits.val_images.shape == (143, 1, 8, 8)
     assert digits.test_images.shape == (359, 1, 8, 8)
     assert digits.train_images.dtype == torch.float32
     assert digits.train_labels.dtype == torch.int64
@@ -44,6 +46,9 @@ def test_split_is_stratified_disjoint_and_fixed():
 def test_pixels_follow_the_formula(digits):
     bunch = sk_load_digits()
     train, test = split_indices(bunch.target)
+    pool, val = validation_split(DATASETS.get("digits"), bunch.target[train])
+    assert digits.val_labels.tolist() == bunch.target[train[val]].tolist()
+    train = train[pool]
     raw = torch.from_numpy(bunch.images[train] / 16.0).float().unsqueeze(1)
     expected = (raw - DIGITS_MEAN[0]) / DIGITS_STD[0]
     torch.testing.assert_close(digits.train_images, expected)
@@ -57,7 +62,7 @@ def test_pixels_follow_the_formula(digits):
     assert float(back.min()) == 0.0 and float(back.max()) == 1.0
 
 
-def test_constants_match_the_training_split():
+def test_constants_match_the_training_split():  # before the validation split: the constants predate it
     bunch = sk_load_digits()
     train, _ = split_indices(bunch.target)
     x = bunch.images[train] / 16.0
@@ -68,5 +73,5 @@ def test_constants_match_the_training_split():
 
 def test_registry_path_ignores_root(tmp_path):
     ds = load_dataset("digits", tmp_path / "does-not-exist")
-    assert ds.train_images.shape == (1438, 1, 8, 8)
+    assert ds.train_images.shape == (1295, 1, 8, 8)
     assert not (tmp_path / "does-not-exist").exists()

@@ -12,6 +12,9 @@ from dcbench_tesla.cli import main
 from dcbench_tesla.data import load_dataset
 from dcbench_tesla.errors import UserError
 
+# the loaders read files; the validation split cut from them is tested in test_split.py
+pytestmark = pytest.mark.usefixtures("no_validation_split")
+
 
 def write_folder(root, sizes=((12, 10), (9, 9)), per_class=(3, 2), test_per_class=1):
     """Two classes of solid-colour images of mixed sizes and formats; returns the colours."""

@@ -14,6 +14,9 @@ from dcbench_tesla.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from dcbench_tesla.data.imagenet64 import load_imagenet64
 from dcbench_tesla.errors import UserError
 
+# the loaders read files; the validation split cut from them is tested in test_split.py
+pytestmark = pytest.mark.usefixtures("no_validation_split")
+
 BATCH_LABELS = {1: [1, 1, 2, 1, 1000], 2: [1, 2, 2, 3], 10: [3, 3, 500]}  # 1-based, as in the files
 VAL_LABELS = [2, 1000, 1]
 

@@ -9,6 +9,9 @@ import torch
 from dcbench_tesla.data import load_dataset
 from dcbench_tesla.errors import UserError
 
+# the loaders read files; the validation split cut from them is tested in test_split.py
+pytestmark = pytest.mark.usefixtures("no_validation_split")
+
 
 def arrays(layout="nhwc", dtype=np.uint8, n=12, classes=3):
     rng = np.random.default_rng(0)

@@ -13,6 +13,9 @@ from dcbench_tesla.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from dcbench_tesla.data.tinyimagenet import load_tinyimagenet
 from dcbench_tesla.errors import UserError
 
+# the loaders read files; the validation split cut from them is tested in test_split.py
+pytestmark = pytest.mark.usefixtures("no_validation_split")
+
 WNIDS = ["n02124075", "n01443537", "n04067472"]  # wnids.txt is not sorted; labels follow sorted ids
 WORDS = {
     "n01443537": "goldfish, Carassius auratus",

@@ -126,7 +126,7 @@ def test_digits_with_zca_uses_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(zca_module, "fit_zca", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     ds = load_digits(None, zca=True, cache_dir=tmp_path)
     assert ds.preprocessing.kind == "zca" and len(calls) == 1
-    assert len(list((tmp_path / "zca").glob("digits-1438x1x8x8-eps0.1-*.safetensors"))) == 1
+    assert len(list((tmp_path / "zca").glob("digits-1295x1x8x8-eps0.1-*.safetensors"))) == 1
     again = load_digits(None, zca=True, cache_dir=tmp_path)
     assert len(calls) == 1
     assert torch.equal(ds.train_images, again.train_images)

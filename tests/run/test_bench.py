@@ -114,7 +114,7 @@ def test_rerun_reads_every_finished_cell_back(finished_bench, monkeypatch):
 
 def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
     out = tmp_path / "b"
-    real_run, real_evaluate = runner.run, runner.evaluate_images
+    real_run, real_evaluate = runner.run, runner.evaluate
     computed = []
 
     def counting_run(run):
@@ -127,7 +127,7 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run", counting_run)
-    monkeypatch.setattr(runner, "evaluate_images", evaluate_then_die)
+    monkeypatch.setattr(runner, "evaluate", evaluate_then_die)
     with pytest.raises(Interrupted, match="interrupted during evaluation"):  # Ctrl-C mid-evaluation
         run_bench([STUB], "digits", [1, 2], None, out, **TINY)
     first = out / "cells" / f"{STUB}-ipc1" / "result.json"
@@ -137,7 +137,7 @@ def test_kill_and_rerun_computes_only_the_missing_cell(tmp_path, monkeypatch):
     first_bytes, first_mtime = first.read_bytes(), first.stat().st_mtime_ns
 
     computed.clear()
-    monkeypatch.setattr(runner, "evaluate_images", real_evaluate)
+    monkeypatch.setattr(runner, "evaluate", real_evaluate)
     frame = run_bench([STUB], "digits", [1, 2], None, out, **TINY)
     assert computed == [f"{STUB}-ipc2"]
     assert first.read_bytes() == first_bytes and first.stat().st_mtime_ns == first_mtime
@@ -178,7 +178,7 @@ bench_command(sys.argv[1:], prog_name="dcbench bench")
 @pytest.mark.slow
 def test_a_bench_killed_with_sigkill_resumes_where_it_stopped(tmp_path, capsys):
     out = tmp_path / "b"
-    args = "--methods random --ipc 1,2,3 --num-eval 1 --eval-epochs 50 --no-progress --threads 1".split()
+    args = "--methods random --ipc 1,2,3 --num-eval 1 --eval-epochs 50 --no-progress --threads 1 --no-real".split()
     args += ["--output", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -193,7 +193,7 @@ def test_a_bench_killed_with_sigkill_resumes_where_it_stopped(tmp_path, capsys):
     assert first.is_file(), proc.stderr.read().decode()
     finished = {p.parent.name: p.read_bytes() for p in (out / "cells").glob("*/result.json")}
 
-    frame = run_bench(["random"], "digits", [1, 2, 3], None, out, **{**TINY, "eval_epochs": 50})
+    frame = run_bench(["random"], "digits", [1, 2, 3], None, out, **{**TINY, "eval_epochs": 50, "real": False})
     computed = [
         line.split(":")[0].split("] ")[1] for line in capsys.readouterr().out.splitlines() if "computing" in line
     ]
@@ -299,6 +299,8 @@ def test_presets_parse_and_name_only_registered_things(name):
             "overwrite": False,
             "threads": None,
             "no_progress": True,
+            "real": None,
+            "ddrs_weight": 0.5,
         }
     )
     bench_plan = plan(request_from_flags(kw))  # every cell validates against the methods' config cards
@@ -331,11 +333,40 @@ def test_flags_override_the_preset(tmp_path):
             "output": tmp_path,
             "overwrite": False,
             "no_progress": True,
+            "real": False,
+            "ddrs_weight": 0.25,
         }
     )
     request = request_from_flags(kw)
     assert request.methods == ["random"] and request.ipcs == [2] and request.num_eval_models == 3
     assert request.options == {"mtt.lr_img": "20"}
+    assert request.real is False and request.ddrs_weight == 0.25
     custom.write_text('methods = ["random"]\nipc = [1]\n')
     with pytest.raises(Exception, match="unknown key"):
         load_preset(str(custom))
+
+
+def test_ranking_orders_the_methods_by_ddrs_beside_their_accuracy(finished_bench):
+    out, frame = finished_bench
+    ranking = pd.read_csv(out / "ranking.csv", dtype=str)
+    assert list(ranking.columns) == [
+        "IPC",
+        "Rank",
+        "Method",
+        "DDRS",
+        "Accuracy",
+        "Hard labels",
+        "Random, same rule",
+        "Whole dataset",
+        "HLR (pts)",
+        "IOR (pts)",
+    ]
+    for _, rows in ranking.groupby("IPC"):
+        assert sorted(rows["Method"]) == sorted(["random", STUB])
+        assert list(rows["Rank"]) == ["1", "2"] and list(rows["DDRS"].astype(float)) == sorted(
+            rows["DDRS"].astype(float), reverse=True
+        )
+    on_model = frame[(frame["eval_model"] == "convnet") & (frame["method"] != "whole-dataset")]
+    assert on_model["ddrs"].between(0, 1).all() and (on_model["ior_pts"] == 0).all()  # random images: IOR 0
+    text = (out / "ranking.md").read_text()
+    assert "DD-Ranking" in text and "w = 0.5" in text and "](cells/" in text
