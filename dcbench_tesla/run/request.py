@@ -28,7 +28,8 @@ class RunRequest:
 
     Fair-evaluation fields: ``real`` (evaluate the whole training pool with hard labels, cached, for
     HLR; None: only when it is already cached), ``ddrs_weight`` (``w`` of DDRS), ``eval_split`` (the
-    split the final evaluation scores: "test" for a run, "val" for a ``dcbench tune`` trial, which never reads the test split) and
+    split the final evaluation scores: "test" for a run, "val" for a ``dcbench tune`` trial, which never
+    reads the test split) and
     ``on_eval`` (called as ``on_eval(iteration, val_accuracy)`` after every ``--eval-every``
     evaluation; ``dcbench tune`` reports to its pruner through it and may raise to stop the run).
     """
