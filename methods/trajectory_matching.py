@@ -25,8 +25,9 @@ from dcbench_tesla.data import DATASETS
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.evaluation import random_real_subset
-from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
+from dcbench_tesla.matching import ENGINES, MatchingProblem
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 
 _TEACHER_CHUNK = 500  # images per teacher forward: bounds SLA's activation memory at large IPC
 LabelStrategy = Literal["hard", "sla", "sla-last", "learned"]

@@ -19,8 +19,8 @@ import torch
 from dcbench_tesla.data import DATASETS, Dataset, Preprocessing
 from dcbench_tesla.data.augment import DEFAULT_STRATEGY, DSA
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.matching.problem import FlatParams
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 
 #: Experts trained by ``dcbench experts`` when ``--num-experts`` is not given. 100 on CIFAR and
 #: 50 on ImageNet-1K follow the TESLA paper (reference-facts section 9); 5 on the embedded digits

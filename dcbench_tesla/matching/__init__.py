@@ -13,7 +13,6 @@ A third-party engine registers with ``ENGINES.register("name", fn)``; it sets th
 from __future__ import annotations
 
 from dcbench_tesla.matching.problem import (
-    FlatParams,
     MatchingEngine,
     MatchingGradients,
     MatchingProblem,
@@ -23,7 +22,6 @@ from dcbench_tesla.registry import Registry
 
 __all__ = [
     "ENGINES",
-    "FlatParams",
     "MatchingEngine",
     "MatchingGradients",
     "MatchingProblem",

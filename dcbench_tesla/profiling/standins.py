@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from dcbench_tesla.data import DATASETS, Dataset, Preprocessing
-from dcbench_tesla.matching import FlatParams
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 
 __all__ = ["RANDOM_STANDIN_NOTE", "RandomExpertEndpoints", "random_dataset", "student_init"]
 

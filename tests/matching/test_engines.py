@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcbench_tesla.matching import ENGINES, FlatParams, MatchingEngine, MatchingProblem
+from dcbench_tesla.matching import ENGINES, MatchingEngine, MatchingProblem
+from dcbench_tesla.models.flat import FlatParams
 
 N_IMAGES, N_CLASSES, BATCH = 12, 3, 4
 ENGINE_NAMES = ENGINES.names()

@@ -1,0 +1,217 @@
+"""Fused ConvNet operations with hand-derived first and second derivatives.
+
+Trajectory matching differentiates the student's parameter gradient once more (a double
+backward). PyTorch's own second-order formulas for ``group_norm`` and ``relu`` are long chains of
+elementwise operations over full activation maps, and ``avg_pool2d`` is slow on one CPU thread. The
+functions here compute the same values with fewer passes over memory:
+
+- :func:`instance_norm_relu`: ``relu(group_norm(x, C, weight, bias, eps))`` (instance norm with an
+  affine transform, then ReLU). Its backward is itself a differentiable
+  :class:`torch.autograd.Function` whose backward (the double backward) is derived by hand:
+  per-instance statistics plus three fused ``addcmul`` passes.
+- :func:`avg_pool2x2`: ``avg_pool2d(x, 2)`` (floor mode) as two strided additions; its backward is
+  the adjoint upsampling, and the pair is differentiable to any order.
+
+Both work in float32 and float64, on CPU and CUDA, in contiguous and channels-last layouts, and
+match the stock operators to round-off (the tests check values, gradients and double gradients
+in float64). Third derivatives of :func:`instance_norm_relu` are not supported (no engine needs
+them).
+
+Derivation of the double backward (per instance ``(n, c)``, ``M`` spatial positions, means over
+them): with ``x^ = (x - mu) r``, ``r = (var + eps)^-1/2``, ``a = dy * 1[y > 0]``, the backward is
+``dx = r gamma (a - mean(a) - x^ mean(a x^))``, ``dgamma = sum a x^``, ``dbeta = sum a``. For
+cotangents ``u`` (of ``dx``), ``p`` (of ``dgamma``) and ``q`` (of ``dbeta``), with ``b = mean(a)``,
+``e = mean(a x^)``, ``m_u = mean(u)``, ``f = mean(u x^)``, ``h = mean(u a)``::
+
+    d/d dy    = 1[y > 0] * (r gamma u + (p - r gamma f) x^ + q - r gamma m_u)
+    d/d gamma = sum_n r M (h - m_u b - f e)
+    d/d x     = r G - r mean(G) - r x^ mean(G x^) - G_r r^2 x^ / M,
+                G = -r gamma e u + (p - r gamma f) a,   G_r = gamma M (h - m_u b - f e)
+
+where ``mean(G)`` and ``mean(G x^)`` are again per-instance statistics, so every full-size result
+is one ``addcmul`` chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+__all__ = ["avg_pool2x2", "instance_norm_relu"]
+
+_SPATIAL = (2, 3)
+
+
+def _mean(t: Tensor) -> Tensor:
+    """Per-instance mean over the spatial dims, shape ``(N, C, 1, 1)``."""
+    return t.mean(dim=_SPATIAL, keepdim=True)
+
+
+class _InstanceNormReLU(Function):
+    """``relu(group_norm(x, C, weight, bias, eps))``; backward through :class:`_InstanceNormReLUBackward`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        n, c, h, w = x.shape
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
+        y = torch.relu_(y)
+        ctx.save_for_backward(x, weight, mean, rstd, y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, rstd, y = ctx.saved_tensors
+        dx, dweight, dbias = _InstanceNormReLUBackward.apply(dy, x, weight, mean, rstd, y)
+        return dx, dweight, dbias, None
+
+
+class _InstanceNormReLUBackward(Function):
+    """The backward of :class:`_InstanceNormReLU` as a function of ``(dy, x, weight)``, with its own backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        n, c, h, w = x.shape
+        a = torch.ops.aten.threshold_backward(dy, y, 0)
+        dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
+            a, x, mean, rstd, weight, n, c, h * w, c, [True, True, True]
+        )
+        ctx.save_for_backward(a, x, weight, mean, rstd, y)
+        ctx.set_materialize_grads(False)
+        return dx, dweight, dbias
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, u: Tensor | None, p: Tensor | None, q: Tensor | None) -> tuple[Tensor | None, ...]:
+        # Written to allocate two full-size tensors (x^, reused for d/d dy, and one scratch buffer
+        # that ends as d/d x): fresh CPU memory costs page faults that dominate elementwise work.
+        a, x, weight, mean, rstd, y = ctx.saved_tensors
+        n, c, h, w = x.shape
+        size = h * w
+        r = rstd.reshape(n, c, 1, 1)
+        gamma = weight.reshape(1, c, 1, 1)
+        rg = r * gamma
+        xhat = x.sub(mean.reshape(n, c, 1, 1)).mul_(r)
+        scratch = torch.empty_like(xhat)
+        b = _mean(a)
+        e = _mean(torch.mul(a, xhat, out=scratch))
+        if u is None:
+            mu = f = hh = torch.zeros_like(b)
+        else:
+            mu = _mean(u)
+            f = _mean(torch.mul(u, xhat, out=scratch))
+            hh = _mean(torch.mul(u, a, out=scratch))
+        c2 = -rg * f if p is None else p.reshape(1, c, 1, 1) - rg * f  # of x^ in d/d dy, of a in G
+        c3 = -rg * mu if q is None else q.reshape(1, c, 1, 1) - rg * mu
+        k = hh - mu * b - f * e  # shared by d/d gamma and G_r
+        g_weight = (r * k).sum(dim=(0, 2, 3)).mul_(size) if ctx.needs_input_grad[2] else None
+        # d/d x = r G - r mean(G) - r x^ mean(G x^) - G_r r^2 x^ / M,  G = d1 u + c2 a
+        d1 = -rg * e
+        mean_g = d1 * mu + c2 * b
+        mean_gx = d1 * f + c2 * e
+        g_r = gamma * size * k
+        k3 = -r * mean_gx - g_r * r * r / size
+        g_x = torch.mul(xhat, k3, out=scratch).sub_(r * mean_g).addcmul_(a, r * c2)
+        if u is not None:
+            g_x.addcmul_(u, r * d1)
+        # d/d dy = 1[y > 0] (rg u + c2 x^ + c3), in x^'s buffer
+        g_dy = xhat.mul_(c2).add_(c3)
+        if u is not None:
+            g_dy.addcmul_(u, rg)
+        torch.ops.aten.threshold_backward.grad_input(g_dy, y, 0, grad_input=g_dy)
+        return g_dy, g_x, g_weight, None, None, None
+
+
+def instance_norm_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """``relu(group_norm(x, C, weight, bias, eps))`` with a fused, hand-derived double backward.
+
+    Args:
+        x: Activations ``(N, C, H, W)``.
+        weight: Per-channel scale ``(C,)``.
+        bias: Per-channel shift ``(C,)``.
+        eps: Added to the variance.
+
+    Returns:
+        The normalised, rectified activations, shape of ``x``.
+    """
+    return _InstanceNormReLU.apply(x, weight, bias, eps)
+
+
+def _pool(x: Tensor) -> Tensor:
+    """``avg_pool2d(x, 2)`` for even ``H`` and ``W`` in two strided additions (any layout)."""
+    n, c, h, w = x.shape
+    if x.is_contiguous():
+        rows = x.view(n, c, h // 2, 2, w)
+        s = rows[:, :, :, 0] + rows[:, :, :, 1]
+        s = s.view(n, c, h // 2, w // 2, 2)
+        return (s[..., 0] + s[..., 1]).mul_(0.25)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1).view(n, h // 2, 2, w // 2, 2 * c)
+        s = nhwc[:, :, 0] + nhwc[:, :, 1]
+        out = (s[..., :c] + s[..., c:]).mul_(0.25)
+        return out.permute(0, 3, 1, 2)
+    return torch.nn.functional.avg_pool2d(x, 2)
+
+
+def _unpool(g: Tensor) -> Tensor:
+    """The adjoint of :func:`_pool`: each value, times 1/4, copied to its 2x2 window.
+
+    Four strided copies into one new tensor (copying from a stride-0 ``expand`` is several times
+    slower on the CPU).
+    """
+    n, c, h, w = g.shape
+    quarter = g * 0.25
+    if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+        out = g.new_empty(n, h, 2, w, 2, c)
+        src = quarter.permute(0, 2, 3, 1)
+        for i in (0, 1):
+            for j in (0, 1):
+                out[:, :, i, :, j].copy_(src)
+        return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    out = g.new_empty(n, c, h, 2, w, 2)
+    for i in (0, 1):
+        for j in (0, 1):
+            out[:, :, :, i, :, j].copy_(quarter)
+    return out.view(n, c, 2 * h, 2 * w)
+
+
+class _Pool2x2(Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return _pool(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        return _Unpool2x2.apply(g)
+
+
+class _Unpool2x2(Function):
+    @staticmethod
+    def forward(ctx: Any, g: Tensor) -> Tensor:
+        return _unpool(g)
+
+    @staticmethod
+    def backward(ctx: Any, gg: Tensor) -> Tensor:
+        return _Pool2x2.apply(gg)
+
+
+def avg_pool2x2(x: Tensor) -> Tensor:
+    """``avg_pool2d(x, kernel_size=2, stride=2)`` (floor mode), differentiable to any order.
+
+    Odd heights or widths drop their last row or column, as ``avg_pool2d`` does.
+
+    Args:
+        x: Activations ``(N, C, H, W)`` with ``H, W >= 2``.
+
+    Returns:
+        ``(N, C, H // 2, W // 2)``.
+    """
+    h, w = x.shape[2], x.shape[3]
+    if h % 2 or w % 2:
+        x = x[:, :, : h - h % 2, : w - w % 2].contiguous()
+    return _Pool2x2.apply(x)
