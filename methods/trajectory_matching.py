@@ -25,7 +25,7 @@ from dcbench_tesla.data import DATASETS
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.evaluation import random_real_subset
-from dcbench_tesla.matching import ENGINES, MatchingProblem
+from dcbench_tesla.matching import ENGINES, SNAPSHOT_POLICIES, MatchingProblem
 from dcbench_tesla.models import build_model
 from dcbench_tesla.models.flat import FlatParams
 
@@ -60,6 +60,10 @@ class TrajectoryMatchingConfig:
         expert_train_epochs: Epochs per expert when they must be trained (at lr ``lr_teacher``).
         expert_batch_size: Batch size of expert training.
         experts_dir: Use the expert store in this directory instead of the cache.
+        snapshot_policy: Where the exact engine (``adjoint``, tesla-exact) keeps its parameter
+            snapshots: "device" (all ``T + 1`` on the device), "host" (in pinned CPU memory,
+            copied back one step ahead) or "checkpoint" (about ``2 sqrt(T)`` on the device, the
+            others recomputed). Same gradient; other engines ignore it.
     """
 
     iterations: int = 5000
@@ -82,6 +86,7 @@ class TrajectoryMatchingConfig:
     expert_train_epochs: int = 50
     expert_batch_size: int = 256
     experts_dir: str | None = None
+    snapshot_policy: Literal["device", "host", "checkpoint"] = "device"
 
     def __post_init__(self) -> None:
         checks = {
@@ -98,6 +103,10 @@ class TrajectoryMatchingConfig:
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)} (counts and learning rates must be positive)")
         ENGINES.get(self.engine)  # an unknown engine is a UserError with suggestions
+        if self.snapshot_policy not in SNAPSHOT_POLICIES:
+            raise ValueError(
+                f"invalid snapshot_policy {self.snapshot_policy!r}; choose from {', '.join(SNAPSHOT_POLICIES)}"
+            )
 
 
 class SyntheticBatches:
@@ -266,6 +275,7 @@ class TrajectoryMatching(Distiller):
             syn_lr=self.syn_lr.detach(),
             augment=augment,
             labels_learnable=learnable,
+            snapshot_policy=opts.snapshot_policy,
         )
         grads = self.engine(problem)
         self._guard(grads.is_finite(), "the matching loss or its gradient")

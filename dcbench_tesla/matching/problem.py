@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment"]
+__all__ = ["SNAPSHOT_POLICIES", "MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment"]
+
+#: Where an engine that keeps parameter snapshots (``adjoint``) keeps them:
+#: ``device``: all ``T + 1`` on the problem's device; ``host``: in (pinned, on CUDA) CPU memory, copied
+#: to the device one step ahead of use; ``checkpoint``: about ``2 sqrt(T)`` on the device, the others
+#: recomputed (first-order) segment by segment in the reverse sweep. All give the same gradient.
+SNAPSHOT_POLICIES = ("device", "host", "checkpoint")
 
 
 def identity_augment(images: Tensor, step: int) -> Tensor:
@@ -54,6 +60,8 @@ class MatchingProblem:
             (engines that replay a step call it again with the same index and expect the same
             transform). :func:`identity_augment` turns augmentation off.
         syn_lr: The student step size ``beta``, a scalar tensor.
+        snapshot_policy: Where engines that keep parameter snapshots keep them (one of
+            :data:`SNAPSHOT_POLICIES`); engines without snapshots ignore it.
     """
 
     forward: Callable[[Tensor, Tensor], Tensor]
@@ -65,8 +73,13 @@ class MatchingProblem:
     syn_lr: Tensor
     augment: Callable[[Tensor, int], Tensor] = identity_augment
     labels_learnable: bool = False
+    snapshot_policy: str = "device"
 
     def __post_init__(self) -> None:
+        if self.snapshot_policy not in SNAPSHOT_POLICIES:
+            raise ValueError(
+                f"unknown snapshot policy {self.snapshot_policy!r}; choose from {', '.join(SNAPSHOT_POLICIES)}"
+            )
         if self.theta_start.dim() != 1 or self.theta_start.shape != self.theta_target.shape:
             raise ValueError(
                 "theta_start and theta_target must be flat vectors of the same length, got "
@@ -141,8 +154,14 @@ class MatchingGradients:
         labels: ``dL/dlabel_logits`` (same shape as the labels) when ``labels_learnable``, else None.
         syn_lr: ``dL/dbeta``, scalar with the dtype of the problem's ``syn_lr``.
         theta_end: ``theta_T``, shape ``(P,)``.
-        snapshot_bytes: Bytes of parameter snapshots the engine kept outside autograd's saved tensors
-            (e.g. ``(T + 1) * P * itemsize`` for the adjoint engine); 0 if none.
+        snapshot_bytes: Peak bytes of parameter snapshots the engine kept in the problem's device
+            memory outside autograd's saved tensors (``(T + 1) * P * itemsize`` for the adjoint
+            engine with the ``device`` policy); 0 if none.
+        host_snapshot_bytes: Bytes of parameter snapshots kept in host memory (the ``host``
+            policy; on a CPU problem this is the same physical memory, counted here); 0 if none.
+        snapshot_policy: The policy the snapshots followed ("" for engines that keep none).
+        recomputed_steps: Inner steps run a second time, first-order, to rebuild snapshots
+            (the ``checkpoint`` policy); 0 otherwise.
     """
 
     loss: Tensor
@@ -151,6 +170,9 @@ class MatchingGradients:
     syn_lr: Tensor
     theta_end: Tensor
     snapshot_bytes: int = 0
+    host_snapshot_bytes: int = 0
+    snapshot_policy: str = ""
+    recomputed_steps: int = 0
 
     def is_finite(self) -> bool:
         """True if the loss and every gradient are finite."""
