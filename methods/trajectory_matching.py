@@ -227,16 +227,17 @@ class TrajectoryMatching(Distiller):
         return experts
 
     # -- one outer iteration -----------------------------------------------------------
-    def _segment(self) -> tuple[int, int, Tensor, Tensor, Tensor]:
+    def _segment(self) -> tuple[int, int, Tensor, Tensor, Tensor | None]:
         opts: TrajectoryMatchingConfig = self.options
         expert = int(torch.randint(self.experts.num_experts, (1,), generator=self.generator))
         start = int(torch.randint(opts.max_start_epoch, (1,), generator=self.generator))
-        trajectory = self.experts.trajectory(expert)
-        device = self.context.device
-        # copy: on CPU a row is a view, and the graph saving theta_0 would keep the whole trajectory alive
-        theta_start = trajectory[start].to(device=device, dtype=torch.float32, copy=True)
-        theta_target = trajectory[start + opts.expert_epochs].to(device=device, dtype=torch.float32)
-        return expert, start, theta_start, theta_target, trajectory[-1].to(device=device, dtype=torch.float32)
+        # Only the rows this step uses are read (the last epoch only for SLA on the last teacher).
+        epochs = [start, start + opts.expert_epochs]
+        if opts.labels == "sla-last":
+            epochs.append(self.experts.epochs)
+        rows = _expert_rows(self.experts, expert, epochs).to(device=self.context.device, dtype=torch.float32)
+        theta_last = rows[2] if len(epochs) == 3 else None
+        return expert, start, rows[0], rows[1], theta_last
 
     @torch.no_grad()
     def _teacher_labels(self, teacher: Tensor) -> Tensor:
@@ -245,7 +246,7 @@ class TrajectoryMatching(Distiller):
         chunks = [self.flat.forward(teacher, part) for part in images.split(_TEACHER_CHUNK)]
         return torch.softmax(torch.cat(chunks), dim=1)
 
-    def _labels_for(self, theta_target: Tensor, theta_last: Tensor) -> tuple[Tensor, bool]:
+    def _labels_for(self, theta_target: Tensor, theta_last: Tensor | None) -> tuple[Tensor, bool]:
         strategy = self.options.labels
         if strategy == "hard":
             return self.hard_labels, False
@@ -347,6 +348,14 @@ class TrajectoryMatching(Distiller):
         self.generator.set_state(state["generator"])
         self.batches.load_state_dict(state["batches"])
         self.iteration = int(state["iteration"])
+
+
+def _expert_rows(source: Any, expert: int, epochs: list[int]) -> Tensor:
+    """Rows ``epochs`` of expert ``expert``: ``source.rows`` where it has it, else its whole trajectory."""
+    rows = getattr(source, "rows", None)
+    if callable(rows):
+        return rows(expert, epochs)
+    return source.trajectory(expert)[epochs]
 
 
 # -- config cards ------------------------------------------------------------------------
