@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu
+from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu, instance_norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "tanh", "softplus", "gelu")
@@ -190,12 +190,16 @@ class ConvNet(nn.Module):
         if reason:
             raise ValueError(f"functional_forward: {reason}")
         h = x
+        fuse_norm = fused and self.norm == "instancenorm" and self.act == "relu"
         for conv_index, norm_index, pooled in self._blocks:
             h = F.conv2d(h, params[f"features.{conv_index}.weight"], params[f"features.{conv_index}.bias"], padding=1)
             if norm_index is not None:
                 module = self.features[norm_index]
                 weight, bias = params[f"features.{norm_index}.weight"], params[f"features.{norm_index}.bias"]
-                if fused and self.norm == "instancenorm" and self.act == "relu":
+                if fuse_norm and pooled and self.pool == "avgpool":
+                    h = instance_norm_relu_pool(h, weight, bias, module.eps)
+                    continue
+                if fuse_norm:
                     h = instance_norm_relu(h, weight, bias, module.eps)
                 else:
                     h = _activation(self.act, F.group_norm(h, module.num_groups, weight, bias, module.eps))

@@ -11,6 +11,8 @@ functions here compute the same values with fewer passes over memory:
   per-instance statistics plus three fused ``addcmul`` passes.
 - :func:`avg_pool2x2`: ``avg_pool2d(x, 2)`` (floor mode) as two strided additions; its backward is
   the adjoint upsampling, and the pair is differentiable to any order.
+- :func:`instance_norm_relu_pool`: the two above as one operation (the ConvNet block's tail), so
+  each backward writes the upsampled, masked gradient into one buffer.
 
 Both work in float32 and float64, on CPU and CUDA, in contiguous and channels-last layouts, and
 match the stock operators to round-off (the tests check values, gradients and double gradients
@@ -41,9 +43,13 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-__all__ = ["avg_pool2x2", "instance_norm_relu"]
+__all__ = ["avg_pool2x2", "instance_norm_relu", "instance_norm_relu_pool"]
 
 _SPATIAL = (2, 3)
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _mean(t: Tensor) -> Tensor:
@@ -52,36 +58,50 @@ def _mean(t: Tensor) -> Tensor:
 
 
 class _InstanceNormReLU(Function):
-    """``relu(group_norm(x, C, weight, bias, eps))``; backward through :class:`_InstanceNormReLUBackward`."""
+    """``relu(group_norm(x, C, weight, bias, eps))``, optionally followed by the 2x2 average pool.
+
+    Backward through :class:`_InstanceNormReLUBackward`. With ``pool``, the backward writes the
+    upsampled gradient and applies the ReLU mask in the same buffer (one full-size tensor fewer).
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float, pool: bool) -> Tensor:
         n, c, h, w = x.shape
+        if not (x.is_contiguous() or _is_channels_last(x)):
+            x = x.contiguous()
         y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
         y = torch.relu_(y)
         ctx.save_for_backward(x, weight, mean, rstd, y)
-        return y
+        ctx.pool = pool
+        return _pool(y) if pool else y
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd, y = ctx.saved_tensors
-        dx, dweight, dbias = _InstanceNormReLUBackward.apply(dy, x, weight, mean, rstd, y)
-        return dx, dweight, dbias, None
+        dx, dweight, dbias = _InstanceNormReLUBackward.apply(dout, x, weight, mean, rstd, y, ctx.pool)
+        return dx, dweight, dbias, None, None
 
 
 class _InstanceNormReLUBackward(Function):
-    """The backward of :class:`_InstanceNormReLU` as a function of ``(dy, x, weight)``, with its own backward."""
+    """The backward of :class:`_InstanceNormReLU` as a function of ``(dout, x, weight)``, with its own backward."""
 
     @staticmethod
     def forward(
-        ctx: Any, dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, y: Tensor
+        ctx: Any, dout: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, y: Tensor, pool: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         n, c, h, w = x.shape
-        a = torch.ops.aten.threshold_backward(dy, y, 0)
+        # native_group_norm_backward expects the gradient in the memory format of x (and y)
+        if pool:  # a = mask * unpool(dout), in one new buffer
+            a = _unpool(dout, like=y)
+            torch.ops.aten.threshold_backward.grad_input(a, y, 0, grad_input=a)
+        else:
+            a = torch.ops.aten.threshold_backward(dout, y, 0)
+            a = a.contiguous(memory_format=torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
             a, x, mean, rstd, weight, n, c, h * w, c, [True, True, True]
         )
         ctx.save_for_backward(a, x, weight, mean, rstd, y)
+        ctx.pool = pool
         ctx.set_materialize_grads(False)
         return dx, dweight, dbias
 
@@ -124,7 +144,7 @@ class _InstanceNormReLUBackward(Function):
         if u is not None:
             g_dy.addcmul_(u, rg)
         torch.ops.aten.threshold_backward.grad_input(g_dy, y, 0, grad_input=g_dy)
-        return g_dy, g_x, g_weight, None, None, None
+        return _pool(g_dy) if ctx.pool else g_dy, g_x, g_weight, None, None, None, None
 
 
 def instance_norm_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -139,7 +159,27 @@ def instance_norm_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-
     Returns:
         The normalised, rectified activations, shape of ``x``.
     """
-    return _InstanceNormReLU.apply(x, weight, bias, eps)
+    return _InstanceNormReLU.apply(x, weight, bias, eps, False)
+
+
+def instance_norm_relu_pool(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)`` as one fused operation.
+
+    Same derivatives as :func:`instance_norm_relu` followed by :func:`avg_pool2x2`, with one
+    full-size tensor fewer in each backward. Odd heights or widths use the two separately.
+
+    Args:
+        x: Activations ``(N, C, H, W)``, ``H, W >= 2``.
+        weight: Per-channel scale ``(C,)``.
+        bias: Per-channel shift ``(C,)``.
+        eps: Added to the variance.
+
+    Returns:
+        ``(N, C, H // 2, W // 2)``.
+    """
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        return avg_pool2x2(instance_norm_relu(x, weight, bias, eps))
+    return _InstanceNormReLU.apply(x, weight, bias, eps, True)
 
 
 def _pool(x: Tensor) -> Tensor:
@@ -158,15 +198,16 @@ def _pool(x: Tensor) -> Tensor:
     return torch.nn.functional.avg_pool2d(x, 2)
 
 
-def _unpool(g: Tensor) -> Tensor:
+def _unpool(g: Tensor, like: Tensor | None = None) -> Tensor:
     """The adjoint of :func:`_pool`: each value, times 1/4, copied to its 2x2 window.
 
     Four strided copies into one new tensor (copying from a stride-0 ``expand`` is several times
-    slower on the CPU).
+    slower on the CPU). The result has the memory format of ``like`` (default: of ``g``).
     """
     n, c, h, w = g.shape
     quarter = g * 0.25
-    if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+    ref = g if like is None else like
+    if ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
         out = g.new_empty(n, h, 2, w, 2, c)
         src = quarter.permute(0, 2, 3, 1)
         for i in (0, 1):

@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from dcbench_tesla.models.convnet import ACTIVATIONS, ConvNet
 from dcbench_tesla.models.flat import FORWARD_MODES, FlatParams
-from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu
+from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu, instance_norm_relu_pool
 
 F64 = torch.float64
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -46,6 +46,21 @@ def test_instance_norm_relu_matches_stock_to_second_order(layout):
     torch.testing.assert_close(got[0], ref[0], rtol=1e-13, atol=1e-13)
     for a, r in itertools.chain(zip(got[1], ref[1], strict=True), zip(got[2], ref[2], strict=True)):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 4)])
+@pytest.mark.parametrize("layout", LAYOUTS, ids=["nchw", "channels_last"])
+def test_instance_norm_relu_pool_matches_stock_to_second_order(layout, size):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, *size, generator=gen, dtype=F64).to(memory_format=layout).requires_grad_(True)
+    w = torch.randn(4, generator=gen, dtype=F64).requires_grad_(True)
+    b = torch.randn(4, generator=gen, dtype=F64).requires_grad_(True)
+    ref = _first_and_second(lambda *t: F.avg_pool2d(_stock_norm_relu(*t), 2), [x, w, b])
+    got = _first_and_second(instance_norm_relu_pool, [x, w, b])
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-13, atol=1e-13)
+    for a, r in itertools.chain(zip(got[1], ref[1], strict=True), zip(got[2], ref[2], strict=True)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    assert gradgradcheck(instance_norm_relu_pool, (x, w, b))
 
 
 def test_instance_norm_relu_gradcheck():
