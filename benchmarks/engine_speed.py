@@ -49,8 +49,9 @@ LABEL = {"unrolled": "mtt", "tesla": "tesla", "adjoint": "adjoint"}
 class Worker:
     """A persistent worker process running one code version."""
 
-    def __init__(self, name: str, pythonpath: Path) -> None:
+    def __init__(self, name: str, pythonpath: Path, extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(pythonpath), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env.update(extra_env or {})
         self.name = name
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER)],
@@ -236,7 +237,9 @@ def report(results: list[dict], store: dict | None, meta: dict) -> str:
         f"torch {meta['torch']} ; device: {meta['device']} ; torch threads: 1 (OMP_NUM_THREADS=1) ; "
         f"Python {meta['python']} ; {meta['cpu']} ({os.cpu_count()} cores, shared)  ",
         f"Load average (1, 5, 15 min) before: {meta['load_before']} ; after: {meta['load_after']} ; "
-        f"wall time of the run: {meta['run_s'] / 60:.1f} min",
+        f"wall time of the run: {meta['run_s'] / 60:.1f} min  ",
+        "Extra environment of both workers: "
+        + (", ".join(f"`{k}={v}`" for k, v in meta["env"].items()) if meta["env"] else "none"),
         "",
         "Times are process CPU seconds of the engine call (loop 1 + gradient pass; page-fault time included), "
         "medians over interleaved rounds with [min-max]. Problem: 100 synthetic images (ipc 10, 10 classes), "
@@ -368,6 +371,9 @@ def main() -> None:
     parser.add_argument("--store-experts", type=int, default=100, help="experts in the expert-read store (0: skip)")
     parser.add_argument("--store-picks", type=int, default=20, help="steps timed in the expert-read test")
     parser.add_argument("--output", default=str(ROOT / "reports" / "engine-speed.md"))
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for both workers (e.g. glibc MALLOC_* tunables)"
+    )
     args = parser.parse_args()
     if args.configs:
         configs = [(s, int(b), int(t)) for s, b, t in (c.split(":") for c in args.configs.split(","))]
@@ -391,13 +397,14 @@ def main() -> None:
         ).stdout.strip(),
         "baseline": args.baseline or "none",
         "load_before": tuple(round(x, 2) for x in os.getloadavg()),
+        "env": dict(item.split("=", 1) for item in args.env),
     }
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="engine-speed-") as tmp:
-        workers = {"today": Worker("today", ROOT)}
+        workers = {"today": Worker("today", ROOT, meta["env"])}
         if args.baseline:
-            workers["baseline"] = Worker("baseline", extract(args.baseline, Path(tmp)))
+            workers["baseline"] = Worker("baseline", extract(args.baseline, Path(tmp)), meta["env"])
         try:
             for shape, batch, steps in configs:
                 print(f"{shape} batch {batch} T {steps}", flush=True)

@@ -8,13 +8,14 @@ shared by the other models of this package.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu, instance_norm_relu_pool
+from dcbench_tesla.models.fused import avg_pool2x2, conv3x3, instance_norm_relu, instance_norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "tanh", "softplus", "gelu")
@@ -192,7 +193,8 @@ class ConvNet(nn.Module):
         h = x
         fuse_norm = fused and self.norm == "instancenorm" and self.act == "relu"
         for conv_index, norm_index, pooled in self._blocks:
-            h = F.conv2d(h, params[f"features.{conv_index}.weight"], params[f"features.{conv_index}.bias"], padding=1)
+            conv = conv3x3 if fused else partial(F.conv2d, padding=1)
+            h = conv(h, params[f"features.{conv_index}.weight"], params[f"features.{conv_index}.bias"])
             if norm_index is not None:
                 module = self.features[norm_index]
                 weight, bias = params[f"features.{norm_index}.weight"], params[f"features.{norm_index}.bias"]

@@ -13,6 +13,9 @@ functions here compute the same values with fewer passes over memory:
   the adjoint upsampling, and the pair is differentiable to any order.
 - :func:`instance_norm_relu_pool`: the two above as one operation (the ConvNet block's tail), so
   each backward writes the upsampled, masked gradient into one buffer.
+- :func:`conv3x3`: ``conv2d(x, w, b, padding=1)`` whose double backward takes the weight-gradient
+  term with the backward-weights routine (PyTorch's own convolves the transposed batch, several
+  times slower on the CPU) and computes only the gradients the running backward needs.
 
 Both work in float32 and float64, on CPU and CUDA, in contiguous and channels-last layouts, and
 match the stock operators to round-off (the tests check values, gradients and double gradients
@@ -43,7 +46,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-__all__ = ["avg_pool2x2", "instance_norm_relu", "instance_norm_relu_pool"]
+__all__ = ["avg_pool2x2", "conv3x3", "instance_norm_relu", "instance_norm_relu_pool"]
 
 _SPATIAL = (2, 3)
 
@@ -256,3 +259,99 @@ def avg_pool2x2(x: Tensor) -> Tensor:
     if h % 2 or w % 2:
         x = x[:, :, : h - h % 2, : w - w % 2].contiguous()
     return _Pool2x2.apply(x)
+
+
+def _needed(ctx: Any, index: int) -> bool:
+    """Whether the current backward pass needs the gradient of input ``index`` of this node.
+
+    ``ctx.needs_input_grad`` only says whether the input requires grad; autograd's own nodes also
+    skip outputs the running backward does not need (tesla's image-only double backward needs no
+    weight gradient). The engine's answer for the input's node is used where torch provides it.
+    """
+    if not ctx.needs_input_grad[index]:
+        return False
+    node = ctx.next_functions[index][0]
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):  # no such API, or not inside a backward pass
+        return True
+
+
+_CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}
+
+
+def _conv_backward(gy: Tensor, x: Tensor, weight: Tensor, mask: list[bool]) -> tuple[Tensor | None, ...]:
+    if not any(mask):
+        return None, None, None
+    return torch.ops.aten.convolution_backward(
+        gy, x, weight, None, _CONV["stride"], _CONV["padding"], _CONV["dilation"], False, [0, 0], 1, mask
+    )
+
+
+class _Conv3x3(Function):
+    """``conv2d(x, weight, bias, padding=1)``; backward through :class:`_Conv3x3Backward`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        mask = [_needed(ctx, 0), _needed(ctx, 1), ctx.has_bias and _needed(ctx, 2)]
+        return _Conv3x3Backward.apply(gy, x, weight, *mask)
+
+
+class _Conv3x3Backward(Function):
+    """The backward of :class:`_Conv3x3` as a function of ``(gy, x, weight)``, with its own backward.
+
+    PyTorch's double backward of a convolution takes the weight-gradient term as a convolution of
+    the transposed batch (a 16x16 "kernel" over 100 "channels" at the CIFAR shape), several times
+    slower on the CPU than the backward-weights routine used here; it also skips nothing the
+    running backward does not need (see :func:`_needed`).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, gy: Tensor, x: Tensor, weight: Tensor, need_x: bool, need_w: bool, need_b: bool
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        gx, gw, gb = _conv_backward(gy, x, weight, [need_x, need_w, need_b])
+        ctx.save_for_backward(gy, x, weight)
+        ctx.set_materialize_grads(False)
+        return gx, gw, gb
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, ggx: Tensor | None, ggw: Tensor | None, ggb: Tensor | None) -> tuple[Tensor | None, ...]:
+        gy, x, weight = ctx.saved_tensors
+        g_gy = None
+        if _needed(ctx, 0):
+            if ggx is not None:
+                g_gy = torch.nn.functional.conv2d(ggx, weight, None, padding=1)
+            if ggw is not None:
+                term = torch.nn.functional.conv2d(x, ggw, None, padding=1)
+                g_gy = term if g_gy is None else g_gy.add_(term)
+            if ggb is not None:
+                term = ggb.reshape(1, -1, 1, 1)
+                g_gy = term.expand_as(gy).clone() if g_gy is None else g_gy.add_(term)
+        g_x = _conv_backward(gy, x, ggw, [True, False, False])[0] if ggw is not None and _needed(ctx, 1) else None
+        g_w = _conv_backward(gy, ggx, weight, [False, True, False])[1] if ggx is not None and _needed(ctx, 2) else None
+        return g_gy, g_x, g_w, None, None, None
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``conv2d(x, weight, bias, padding=1)`` (stride 1) with a faster double backward on the CPU.
+
+    Args:
+        x: Input ``(N, C_in, H, W)``.
+        weight: ``(C_out, C_in, 3, 3)``.
+        bias: ``(C_out,)`` or None.
+
+    Returns:
+        ``(N, C_out, H, W)``.
+    """
+    return _Conv3x3.apply(x, weight, bias)

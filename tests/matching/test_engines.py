@@ -329,6 +329,20 @@ def test_checkpoint_snapshots_grow_as_sqrt_steps():
     assert counts[100][0] < _snapshot_vectors("device", 100)[0] / 5
 
 
+def test_checkpoint_saved_plus_snapshot_bytes_grow_no_faster_than_sqrt_steps():
+    """What the profiler reports (autograd's saved-tensor peak + device snapshots) for ``checkpoint``."""
+    from dcbench_tesla.profiling.saved_tensors import SavedTensorMeter
+
+    totals = {}
+    for t in (4, 16, 64):
+        problem = make_problem(t, policy="checkpoint")
+        with SavedTensorMeter() as meter:
+            out = ENGINES.get("adjoint")(problem)
+        totals[t] = meter.peak_bytes + out.snapshot_bytes
+    assert totals[16] / totals[4] <= math.sqrt(16 / 4)
+    assert totals[64] / totals[4] <= math.sqrt(64 / 4)
+
+
 def test_problem_rejects_an_unknown_snapshot_policy():
     with pytest.raises(ValueError, match="snapshot policy"):
         make_problem(2, policy="disk")

@@ -11,9 +11,10 @@ from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import functional_call
 
+from dcbench_tesla.models import fused
 from dcbench_tesla.models.convnet import ACTIVATIONS, ConvNet
 from dcbench_tesla.models.flat import FORWARD_MODES, FlatParams
-from dcbench_tesla.models.fused import avg_pool2x2, instance_norm_relu, instance_norm_relu_pool
+from dcbench_tesla.models.fused import avg_pool2x2, conv3x3, instance_norm_relu, instance_norm_relu_pool
 
 F64 = torch.float64
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -82,6 +83,49 @@ def test_avg_pool2x2_matches_avg_pool2d(layout, size):
     torch.testing.assert_close(got[1][0], ref[1][0], rtol=1e-14, atol=1e-15)
     torch.testing.assert_close(got[2][1], ref[2][1], rtol=1e-14, atol=1e-15)  # w.r.t. the cotangent
     assert gradgradcheck(avg_pool2x2, (x,))
+
+
+def _conv_second_order(conv, wrt_weight: bool):
+    """The engines' pattern: g = d l / d(weight, bias) with a graph, then d <g, p> / d(x[, weight])."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=F64).requires_grad_(True)
+    w = torch.randn(4, 3, 3, 3, generator=gen, dtype=F64).requires_grad_(True)
+    b = torch.randn(4, generator=gen, dtype=F64).requires_grad_(True)
+    y = conv(x, w, b)
+    r = torch.randn(y.shape, generator=gen, dtype=F64)
+    gw, gb = torch.autograd.grad((torch.tanh(y) * r).sum(), [w, b], create_graph=True)
+    p = torch.randn(gw.shape, generator=gen, dtype=F64)
+    return y, torch.autograd.grad((gw * p).sum() + gb.square().sum(), [x, w] if wrt_weight else [x])
+
+
+@pytest.mark.parametrize("wrt_weight", [True, False], ids=["x-and-weight", "x-only"])
+def test_conv3x3_matches_conv2d_to_second_order(wrt_weight):
+    ref_y, ref = _conv_second_order(lambda x, w, b: F.conv2d(x, w, b, padding=1), wrt_weight)
+    y, got = _conv_second_order(conv3x3, wrt_weight)
+    torch.testing.assert_close(y, ref_y, rtol=1e-13, atol=1e-13)
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 2, 4, 3, dtype=F64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=F64, requires_grad=True)
+    assert gradcheck(conv3x3, (x, w, None)) and gradgradcheck(conv3x3, (x, w, None))
+
+
+def test_conv3x3_skips_gradients_the_backward_does_not_need(monkeypatch):
+    """An image-only double backward (TESLA's) computes no weight gradient of the double backward."""
+    masks = []
+    original = fused._conv_backward
+
+    def recording(gy, x, weight, mask):
+        masks.append(list(mask))
+        return original(gy, x, weight, mask)
+
+    monkeypatch.setattr(fused, "_conv_backward", recording)
+    _conv_second_order(conv3x3, wrt_weight=False)
+    assert masks[0] == [False, True, True]  # the first backward: x needs no gradient there
+    assert masks[1:] and not any(mask[1] for mask in masks[1:])  # no weight gradient in the second
+    masks.clear()
+    _conv_second_order(conv3x3, wrt_weight=True)
+    assert any(mask[1] for mask in masks[1:])
 
 
 def _convnet(norm="instancenorm", act="relu", pool="avgpool", size=8):
