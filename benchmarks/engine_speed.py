@@ -228,7 +228,63 @@ def expert_read(num_experts: int, picks: int, directory: Path) -> dict[str, Any]
     return out
 
 
-def report(results: list[dict], store: dict | None, meta: dict) -> str:
+def snapshot_memory(steps_list: list[int], batch: int) -> list[dict[str, Any]]:
+    """Saved-tensor peak and snapshot bytes of tesla and of adjoint under each policy (CIFAR-100 shape).
+
+    Deterministic byte counts (they depend on shapes only); the CPU seconds of the single call are
+    indicative. Runs in this process with today's code.
+    """
+    import torch
+
+    from dcbench_tesla.data.augment import DSA
+    from dcbench_tesla.matching import ENGINES, SNAPSHOT_POLICIES, MatchingProblem
+    from dcbench_tesla.models import build_model
+    from dcbench_tesla.models.flat import FlatParams
+    from dcbench_tesla.profiling.saved_tensors import SavedTensorMeter
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    flat = FlatParams(build_model("convnet3", channels=3, num_classes=100, image_size=32))
+    gen = torch.Generator().manual_seed(1)
+    theta0 = flat.flatten()
+    images = torch.randn(100, 3, 32, 32, generator=gen)
+    dsa = DSA()
+    rows = []
+    for steps in steps_list:
+        batches = [torch.randperm(100, generator=gen)[:batch] for _ in range(steps)]
+        for name, policy in [("tesla", "device")] + [("adjoint", p) for p in SNAPSHOT_POLICIES]:
+            problem = MatchingProblem(
+                forward=flat.forward,
+                theta_start=theta0,
+                theta_target=theta0 + 0.01 * theta0.abs().mean(),
+                images=images,
+                labels=torch.arange(100),
+                batches=batches,
+                syn_lr=torch.tensor(0.01),
+                augment=lambda x, i: dsa(x, seed=1000 + i),
+                snapshot_policy=policy,
+            )
+            with SavedTensorMeter() as meter:
+                start = time.process_time()
+                out = ENGINES.get(name)(problem)
+                cpu = time.process_time() - start
+            rows.append(
+                {
+                    "steps": steps,
+                    "engine": name,
+                    "policy": policy if name == "adjoint" else "",
+                    "saved_mib": meter.peak_bytes / 2**20,
+                    "snapshot_mib": out.snapshot_bytes / 2**20,
+                    "host_mib": out.host_snapshot_bytes / 2**20,
+                    "recomputed_steps": out.recomputed_steps,
+                    "cpu_s": cpu,
+                }
+            )
+            print(f"  snapshot memory T={steps} {name} {policy}: {rows[-1]}", flush=True)
+    return rows
+
+
+def report(results: list[dict], store: dict | None, meta: dict, memory: list[dict] | None = None) -> str:
     """The Markdown report."""
     lines = ["# Engine speed: one outer iteration on one CPU thread, today vs the starting commit", ""]
     lines += [
@@ -238,6 +294,7 @@ def report(results: list[dict], store: dict | None, meta: dict) -> str:
         f"Python {meta['python']} ; {meta['cpu']} ({os.cpu_count()} cores, shared)  ",
         f"Load average (1, 5, 15 min) before: {meta['load_before']} ; after: {meta['load_after']} ; "
         f"wall time of the run: {meta['run_s'] / 60:.1f} min  ",
+        *([meta["rebuilt"] + "  "] if meta.get("rebuilt") else []),
         "Extra environment of both workers: "
         + (", ".join(f"`{k}={v}`" for k, v in meta["env"].items()) if meta["env"] else "none"),
         "",
@@ -334,6 +391,30 @@ def report(results: list[dict], store: dict | None, meta: dict) -> str:
             f"- {r['shape']} batch {r['batch']} T {r['steps']}: "
             + ", ".join(f"{v} {m:,.0f}" for v, m in r["peak_rss_mib"].items())
         )
+    if memory:
+        lines += [
+            "",
+            "## tesla-exact's snapshot policies: memory at the CIFAR-100 shape (ConvNet-3, P = 504,420), batch "
+            f"{meta.get('memory_batch', '?')}",
+            "",
+            "Peak bytes of autograd's saved tensors during one engine call (`SavedTensorMeter`, deterministic) "
+            "plus the parameter snapshots the engine keeps on the device (`snapshot_bytes`) and in host memory "
+            "(`host_snapshot_bytes`; on a CPU that is the same RAM). `device` keeps T + 1 vectors, `host` keeps "
+            "theta_T on the device (two more while prefetching on CUDA), `checkpoint` about 2 sqrt(T). CPU "
+            "seconds are of one call, indicative only.",
+            "",
+            "| T | engine | policy | saved MiB | device snapshots MiB | saved + device snapshots vs tesla | host MiB "
+            "| recomputed steps | CPU s |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in memory:
+            tesla = next(r for r in memory if r["steps"] == row["steps"] and r["engine"] == "tesla")
+            total = (row["saved_mib"] + row["snapshot_mib"]) / (tesla["saved_mib"] + tesla["snapshot_mib"])
+            lines.append(
+                f"| {row['steps']} | {row['engine']} | {row['policy']} | {row['saved_mib']:.1f} | "
+                f"{row['snapshot_mib']:.1f} | {100 * (total - 1):+.1f} % | {row['host_mib']:.1f} | "
+                f"{row['recomputed_steps']} | {row['cpu_s']:.1f} |"
+            )
     if store:
         gib = store["store_bytes"] / 2**30
         lines += [
@@ -374,6 +455,11 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for both workers (e.g. glibc MALLOC_* tunables)"
     )
+    parser.add_argument("--memory-steps", default="10,40,100", help="T values of the snapshot-policy table ('')")
+    parser.add_argument("--memory-batch", type=int, default=10, help="batch of the snapshot-policy table")
+    parser.add_argument(
+        "--from-json", default="", help="rebuild the report from this JSON (no timing) and add the memory table"
+    )
     args = parser.parse_args()
     if args.configs:
         configs = [(s, int(b), int(t)) for s, b, t in (c.split(":") for c in args.configs.split(","))]
@@ -400,6 +486,24 @@ def main() -> None:
         "env": dict(item.split("=", 1) for item in args.env),
     }
     started = time.perf_counter()
+    memory_steps = [int(t) for t in args.memory_steps.split(",") if t]
+    if args.quick:
+        memory_steps = [t for t in memory_steps if t <= 10] or memory_steps[:1]
+    meta["memory_batch"] = args.memory_batch
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        meta, results, store = saved["meta"], saved["results"], saved.get("expert_read")
+        meta["memory_batch"] = args.memory_batch
+        meta["rebuilt"] = (
+            f"report rebuilt and memory table added by: python benchmarks/engine_speed.py --from-json {args.from_json}"
+        )
+        memory = snapshot_memory(memory_steps, args.memory_batch) if memory_steps else None
+        Path(args.output).with_suffix(".json").write_text(
+            json.dumps({"meta": meta, "results": results, "expert_read": store, "snapshot_memory": memory})
+        )
+        Path(args.output).write_text(report(results, store, meta, memory))
+        print(f"wrote {args.output}")
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="engine-speed-") as tmp:
         workers = {"today": Worker("today", ROOT, meta["env"])}
@@ -417,12 +521,13 @@ def main() -> None:
         if args.store_experts > 0:
             print(f"expert read: writing {args.store_experts} experts", flush=True)
             store = expert_read(args.store_experts, args.store_picks, Path(tmp) / "store")
+    memory = snapshot_memory(memory_steps, args.memory_batch) if memory_steps else None
     meta["load_after"] = tuple(round(x, 2) for x in os.getloadavg())
     meta["run_s"] = time.perf_counter() - started
     Path(args.output).with_suffix(".json").write_text(
-        json.dumps({"meta": meta, "results": results, "expert_read": store})
+        json.dumps({"meta": meta, "results": results, "expert_read": store, "snapshot_memory": memory})
     )
-    Path(args.output).write_text(report(results, store, meta))
+    Path(args.output).write_text(report(results, store, meta, memory))
     print(f"wrote {args.output}")
 
 

@@ -8,7 +8,7 @@ receives each ``theta_i`` once during the forward loop (:meth:`SnapshotStore.kee
 - :class:`DeviceSnapshots` (``device``): every snapshot on the problem's device, ``T`` vectors.
 - :class:`HostSnapshots` (``host``): one CPU buffer of ``T`` rows (pinned on CUDA, filled by
   asynchronous copies on a side stream); on CUDA the sweep gets each snapshot copied back one step
-  ahead, so the device holds at most two of them.
+  ahead, so the device holds at most two of them (one on a CPU device).
 - :class:`CheckpointSnapshots` (``checkpoint``): every ``k``-th snapshot (``k = ceil(sqrt(T))``)
   and the last segment are kept; the reverse sweep rebuilds each earlier segment from its
   checkpoint with first-order steps (the same computation as the forward loop, so the same
@@ -96,7 +96,8 @@ class HostSnapshots(SnapshotStore):
     On CUDA, :meth:`keep` copies on a side stream (ordered after the computation that produced the
     vector, which is kept alive for the copy with ``record_stream``), and :meth:`get` returns the
     snapshot prefetched during the previous call while it starts copying the next one, so copies
-    overlap with the sweep's computation. On the CPU the buffer's rows are returned as they are.
+    overlap with the sweep's computation. On the CPU each row is returned as a copy (one vector in
+    use at a time), so the graph of a step never holds the whole buffer.
     """
 
     policy = "host"
@@ -128,8 +129,9 @@ class HostSnapshots(SnapshotStore):
             return self._buffer[step].to(self.device, non_blocking=True)
 
     def get(self, step: int) -> Tensor:  # noqa: D102
-        if self._stream is None:
-            return self._buffer[step]
+        if self._stream is None:  # a copy: a view would make autograd hold the whole buffer
+            self._count(1)
+            return self._buffer[step].clone()
         theta = self._prefetched.pop(step, None)
         if theta is None:
             theta = self._fetch(step)

@@ -314,7 +314,7 @@ def _snapshot_vectors(policy: str, steps: int) -> tuple[int, int, int]:
 
 def test_snapshot_byte_counts_per_policy():
     assert _snapshot_vectors("device", 5) == (6, 0, 0)  # theta_0 .. theta_5
-    assert _snapshot_vectors("host", 5) == (1, 5, 0)  # on the CPU: theta_T; the buffer holds theta_0..4
+    assert _snapshot_vectors("host", 5) == (2, 5, 0)  # on the CPU: theta_T and the row in use; buffer: 0..4
 
 
 def test_checkpoint_snapshots_grow_as_sqrt_steps():
