@@ -23,7 +23,8 @@ import argparse
 import torch
 from torch import nn
 
-from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
+from dcbench_tesla.matching import ENGINES, MatchingProblem
+from dcbench_tesla.models.flat import FlatParams
 from dcbench_tesla.profiling.saved_tensors import SavedTensorMeter
 from dcbench_tesla.provenance import provenance
 

@@ -27,8 +27,9 @@ from dcbench_tesla.data import DATASETS
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.evaluation import random_real_subset
-from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
+from dcbench_tesla.matching import ENGINES, SNAPSHOT_POLICIES, MatchingProblem
 from dcbench_tesla.models import MODELS, build_model
+from dcbench_tesla.models.flat import FlatParams
 
 _TEACHER_CHUNK = 500  # images per teacher forward: bounds SLA's activation memory at large IPC
 # Image-steps per image of one inner step: the unrolled or first-order pass (1) plus the replay
@@ -64,6 +65,10 @@ class TrajectoryMatchingConfig:
         expert_train_epochs: Epochs per expert when they must be trained (at lr ``lr_teacher``).
         expert_batch_size: Batch size of expert training.
         experts_dir: Use the expert store in this directory instead of the cache.
+        snapshot_policy: Where the exact engine (``adjoint``, tesla-exact) keeps its parameter
+            snapshots: "device" (all ``T + 1`` on the device), "host" (in pinned CPU memory,
+            copied back one step ahead) or "checkpoint" (about ``2 sqrt(T)`` on the device, the
+            others recomputed). Same gradient; other engines ignore it.
     """
 
     iterations: int = 5000
@@ -86,6 +91,7 @@ class TrajectoryMatchingConfig:
     expert_train_epochs: int = 50
     expert_batch_size: int = 256
     experts_dir: str | None = None
+    snapshot_policy: Literal["device", "host", "checkpoint"] = "device"
 
     def __post_init__(self) -> None:
         rates = (self.lr_img, self.lr_lr, self.lr_label, self.lr_teacher, self.min_syn_lr, self.momentum)
@@ -111,6 +117,10 @@ class TrajectoryMatchingConfig:
         DSA(self.dsa_strategy)  # an unknown family is a ValueError naming the families
         if self.model is not None:
             MODELS.get(self.model)  # an unknown model is a UserError with suggestions
+        if self.snapshot_policy not in SNAPSHOT_POLICIES:
+            raise ValueError(
+                f"invalid snapshot_policy {self.snapshot_policy!r}; choose from {', '.join(SNAPSHOT_POLICIES)}"
+            )
 
 
 class SyntheticBatches:
@@ -263,17 +273,18 @@ class TrajectoryMatching(Distiller):
         return experts
 
     # -- one outer iteration -----------------------------------------------------------
-    def _segment(self, generator: torch.Generator | None = None) -> tuple[int, int, Tensor, Tensor, Tensor]:
+    def _segment(self, generator: torch.Generator | None = None) -> tuple[int, int, Tensor, Tensor, Tensor | None]:
         opts: TrajectoryMatchingConfig = self.options
         generator = self.generator if generator is None else generator
         expert = int(torch.randint(self.experts.num_experts, (1,), generator=generator))
         start = int(torch.randint(opts.max_start_epoch, (1,), generator=generator))
-        trajectory = self.experts.trajectory(expert)
-        device = self.context.device
-        # copy: on CPU a row is a view, and the graph saving theta_0 would keep the whole trajectory alive
-        theta_start = trajectory[start].to(device=device, dtype=torch.float32, copy=True)
-        theta_target = trajectory[start + opts.expert_epochs].to(device=device, dtype=torch.float32)
-        return expert, start, theta_start, theta_target, trajectory[-1].to(device=device, dtype=torch.float32)
+        # Only the rows this step uses are read (the last epoch only for SLA on the last teacher).
+        epochs = [start, start + opts.expert_epochs]
+        if opts.labels == "sla-last":
+            epochs.append(self.experts.epochs)
+        rows = _expert_rows(self.experts, expert, epochs).to(device=self.context.device, dtype=torch.float32)
+        theta_last = rows[2] if len(epochs) == 3 else None
+        return expert, start, rows[0], rows[1], theta_last
 
     @torch.no_grad()
     def _teacher_labels(self, teacher: Tensor, images: Tensor | None = None) -> Tensor:
@@ -285,7 +296,7 @@ class TrajectoryMatching(Distiller):
         chunks = [self.flat.forward(teacher, part) for part in images.split(_TEACHER_CHUNK)]
         return torch.softmax(torch.cat(chunks), dim=1)
 
-    def _labels_for(self, theta_target: Tensor, theta_last: Tensor) -> tuple[Tensor, bool]:
+    def _labels_for(self, theta_target: Tensor, theta_last: Tensor | None) -> tuple[Tensor, bool]:
         strategy = self.options.labels
         if strategy == "hard":
             return self.hard_labels, False
@@ -330,6 +341,7 @@ class TrajectoryMatching(Distiller):
             syn_lr=self.syn_lr.detach(),
             augment=augment,
             labels_learnable=learnable,
+            snapshot_policy=opts.snapshot_policy,
         )
         with self.context.probe.phase("engine"):
             grads = self.engine(problem)
@@ -413,6 +425,14 @@ class TrajectoryMatching(Distiller):
         self.generator.set_state(state["generator"])
         self.batches.load_state_dict(state["batches"])
         self.iteration = int(state["iteration"])
+
+
+def _expert_rows(source: Any, expert: int, epochs: list[int]) -> Tensor:
+    """Rows ``epochs`` of expert ``expert``: ``source.rows`` where it has it, else its whole trajectory."""
+    rows = getattr(source, "rows", None)
+    if callable(rows):
+        return rows(expert, epochs)
+    return source.trajectory(expert)[epochs]
 
 
 # -- config cards ------------------------------------------------------------------------

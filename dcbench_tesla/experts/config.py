@@ -20,8 +20,8 @@ from dcbench_tesla.data import DATASETS, Dataset, Preprocessing, dataset_spec
 from dcbench_tesla.data.augment import DEFAULT_STRATEGY, DSA
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.files import human_bytes
-from dcbench_tesla.matching.problem import FlatParams
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 
 #: Experts when neither ``--num-experts`` nor the dataset's spec (``DatasetSpec.num_experts``) says.
 FALLBACK_NUM_EXPERTS = 100

@@ -13,15 +13,25 @@ A store directory holds:
 The experts a store holds are the expert files present: an interrupted training run leaves the
 finished ones, and the next run trains only the missing ones. Every file is written atomically and
 read without unpickling.
+
+A trajectory-matching step needs two or three snapshots of one expert: :meth:`ExpertStore.rows`
+reads exactly those rows from the file (the safetensors header gives each tensor's byte offsets;
+a row of the row-major ``(epochs + 1, P)`` float32 array is ``4 P`` contiguous bytes), so a step's
+expert I/O is ``O(rows x P)`` however many experts and epochs the store holds. Rows are checked
+for NaN and inf when read; whole trajectories are checked once, when their file is written.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import struct
+import sys
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor
@@ -102,7 +112,14 @@ def write_manifest(directory: Path, metadata: dict[str, Any], preprocessing: Pre
 
 
 def write_expert(directory: Path, index: int, trajectory: Tensor, metadata: dict[str, Any]) -> Path:
-    """Write one expert's ``(epochs + 1, P)`` trajectory and metadata atomically."""
+    """Write one expert's ``(epochs + 1, P)`` trajectory and metadata atomically.
+
+    Raises:
+        UserError: the trajectory holds NaN or inf (checked once here, for trained and imported
+            experts alike; readers then check only the rows they read).
+    """
+    if not bool(torch.isfinite(trajectory).all()):
+        raise UserError(f"expert {index}: the trajectory contains NaN or inf; it is not written")
     meta = {"format": EXPERT_FORMAT, "format_version": FORMAT_VERSION, "index": int(index), **metadata}
     return write_tensor_file(Path(directory) / expert_filename(index), {"trajectory": trajectory.float()}, meta)
 
@@ -200,11 +217,94 @@ def _is_image_shape(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 3 and all(is_int(d) and d >= 1 for d in value)
 
 
+#: Opens a file for binary reading (``open`` by default; tests pass a counting wrapper).
+Opener = Callable[[Path], IO[bytes]]
+_HEADER_LIMIT = 100 * 2**20  # safetensors' own cap on the JSON header size
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return open(path, "rb")
+
+
+class RowFile:
+    """The layout of one tensor in a safetensors file, read from the header alone.
+
+    Args:
+        path: The safetensors file.
+        name: The tensor to locate.
+        opener: Opens the file for binary reading.
+
+    Attributes:
+        metadata: The ``dcbench`` JSON metadata of the file.
+        dtype: The tensor's safetensors dtype string (``"F32"``, ...).
+        shape: The tensor's shape.
+        data_start: Absolute byte offset of the tensor's first element.
+
+    Raises:
+        UserError: not a safetensors file, a pickle, a corrupt header, or no tensor ``name``.
+    """
+
+    def __init__(self, path: Path, name: str, opener: Opener = _open_binary) -> None:
+        self.path = Path(path)
+        self.opener = opener
+        where = repr(str(path))
+        try:
+            with opener(self.path) as handle:
+                head = handle.read(8)
+                if len(head) != 8:
+                    raise ValueError("file shorter than a safetensors header")
+                (length,) = struct.unpack("<Q", head)
+                if head[:2] == b"PK" or (head[:1] == b"\x80" and length > _HEADER_LIMIT):
+                    raise UserError(f"{where} looks like a pickle / torch.save file, not an expert trajectory")
+                if length > _HEADER_LIMIT:
+                    raise ValueError(f"header of {length} bytes")
+                header = json.loads(handle.read(length))
+        except UserError:
+            raise
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise UserError(f"{where} is not a readable expert trajectory file (safetensors): {exc}") from exc
+        if not isinstance(header, dict) or not isinstance(header.get(name), dict):
+            raise UserError(f"{where}: no tensor {name!r} in the file")
+        try:
+            self.metadata = json.loads((header.get("__metadata__") or {}).get("dcbench", "{}"))
+            info = header[name]
+            self.dtype = str(info["dtype"])
+            self.shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{where}: corrupt safetensors header ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(self.metadata, dict):
+            raise UserError(f"{where}: corrupt expert metadata (not a JSON object)")
+        self.data_start = 8 + length + begin
+        self._nbytes = end - begin
+
+    def read_rows(self, rows: Sequence[int]) -> Tensor:
+        """Rows ``rows`` of a 2-D float32 tensor, ``(len(rows), shape[1])``, reading only their bytes."""
+        if self.dtype != "F32" or len(self.shape) != 2 or self._nbytes != self.shape[0] * self.shape[1] * 4:
+            raise UserError(f"{str(self.path)!r}: expected a 2-D float32 tensor, got {self.dtype} {self.shape}")
+        count, width = self.shape
+        out = torch.empty((len(rows), width), dtype=torch.float32)
+        view = out.numpy()
+        with self.opener(self.path) as handle:
+            for k, row in enumerate(rows):
+                if not 0 <= row < count:
+                    raise IndexError(f"row {row} out of range 0..{count - 1} in {self.path}")
+                handle.seek(self.data_start + 4 * width * int(row))
+                got = handle.readinto(memoryview(view[k]).cast("B"))
+                if got != 4 * width:
+                    raise UserError(f"{str(self.path)!r} is truncated (row {row} incomplete)")
+        if sys.byteorder != "little":  # safetensors stores little-endian
+            out = out.numpy().byteswap(inplace=False)
+            out = torch.from_numpy(out)
+        return out
+
+
 class ExpertStore:
     """Expert trajectories on disk: the manifest, and the trajectories loaded on demand.
 
-    Open one with :meth:`open`. ``trajectory(i)`` is the ``i``-th finished expert in file order
-    (``0 <= i < num_experts``); recently read trajectories are kept in memory up to
+    Open one with :meth:`open`. ``rows(i, epochs)`` reads only the requested snapshots of the
+    ``i``-th finished expert in file order (``0 <= i < num_experts``): what a matching step uses.
+    ``trajectory(i)`` reads a whole expert; recently read trajectories are kept in memory up to
     ``cache_mib``.
 
     Attributes:
@@ -355,6 +455,52 @@ class ExpertStore:
 
     # -- trajectories ------------------------------------------------------------------
 
+    def rows(self, i: int, epochs: Sequence[int], *, opener: Opener | None = None) -> Tensor:
+        """Snapshots ``epochs`` of the ``i``-th finished expert, float32 ``(len(epochs), P)`` on the CPU.
+
+        Reads the file's header and exactly these rows (``4 P`` bytes each), whatever the number of
+        epochs; nothing is cached. The rows are checked for NaN and inf.
+
+        Args:
+            i: Expert position (``0 <= i < num_experts``).
+            epochs: Snapshot indices in ``0 .. epochs`` (repeats allowed).
+            opener: Opens the file for binary reading (default: ``open``).
+
+        Raises:
+            IndexError: ``i`` or an epoch out of range.
+            UserError: the file is corrupt, foreign, belongs to another store, or a row read holds
+                NaN or inf.
+        """
+        path = self.expert_path(i)
+        epochs = [int(e) for e in epochs]
+        bad = [e for e in epochs if not 0 <= e <= self.epochs]
+        if bad:
+            raise IndexError(f"epoch(s) {bad} out of range: the experts have snapshots 0..{self.epochs}")
+        layout = RowFile(path, "trajectory", opener or _open_binary)
+        self._check_expert_header(path, layout.metadata)
+        expected = (self.epochs + 1, self.num_params)
+        if layout.dtype != "F32" or layout.shape != expected:
+            raise UserError(
+                f"{str(path)!r}: expected a float32 trajectory of shape {expected}, got {layout.dtype} {layout.shape}"
+            )
+        out = layout.read_rows(epochs)
+        finite = torch.isfinite(out).all(dim=1)
+        if not bool(finite.all()):
+            which = [e for e, ok in zip(epochs, finite.tolist(), strict=True) if not ok]
+            raise UserError(
+                f"{str(path)!r}: snapshot(s) at epoch {which} contain NaN or inf; delete the file and "
+                "train or import that expert again"
+            )
+        return out
+
+    def _check_expert_header(self, path: Path, meta: dict[str, Any]) -> None:
+        validate_expert_metadata(meta, path)
+        if meta.get("key") != self._key:
+            raise UserError(
+                f"{str(path)!r} belongs to another expert store (key {meta.get('key')!r}, this store "
+                f"{self._key!r}); remove it or move it to its own store"
+            )
+
     def trajectory(self, i: int) -> Tensor:
         """The ``i``-th finished expert's trajectory: float32 ``(epochs + 1, P)`` on the CPU.
 
@@ -369,18 +515,15 @@ class ExpertStore:
             return self._cache[i]
         path = self.expert_path(i)
         tensors, meta = read_tensor_file(path, what="expert trajectory")
-        validate_expert_metadata(meta, path)
-        if meta.get("key") != self._key:
-            raise UserError(
-                f"{str(path)!r} belongs to another expert store (key {meta.get('key')!r}, this store "
-                f"{self._key!r}); remove it or move it to its own store"
-            )
+        self._check_expert_header(path, meta)
         traj = validate_trajectory_rows(tensors.get("trajectory"), path, (self.epochs + 1, self.num_params))
         self._remember(i, traj)
         return traj
 
     def segment(self, i: int, start_epoch: int, num_epochs: int) -> tuple[Tensor, Tensor]:
         """``(theta_start, theta_target)``: snapshots ``start_epoch`` and ``start_epoch + num_epochs``.
+
+        Reads only these two rows (:meth:`rows`).
 
         Raises:
             ValueError: the segment does not fit in ``0 .. epochs``.
@@ -390,8 +533,8 @@ class ExpertStore:
                 f"segment [{start_epoch}, {start_epoch + num_epochs}] does not fit the experts' "
                 f"{self.epochs} epochs (snapshots 0..{self.epochs})"
             )
-        traj = self.trajectory(i)
-        return traj[start_epoch], traj[start_epoch + num_epochs]
+        pair = self.rows(i, [start_epoch, start_epoch + num_epochs])
+        return pair[0], pair[1]
 
     def _remember(self, i: int, traj: Tensor) -> None:
         self._cache[i] = traj
@@ -495,6 +638,7 @@ def _describe_layout_difference(stored: dict[str, Any], model: dict[str, Any]) -
 
 __all__ = [
     "EXPERT_FORMAT",
+    "RowFile",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST",

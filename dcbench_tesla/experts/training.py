@@ -40,7 +40,7 @@ from dcbench_tesla.experts.store import (
     write_expert,
     write_manifest,
 )
-from dcbench_tesla.matching.problem import FlatParams
+from dcbench_tesla.models.flat import FlatParams
 
 Notice = Callable[[str], None]
 

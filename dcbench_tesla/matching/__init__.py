@@ -4,7 +4,8 @@
 
 - ``unrolled``: MTT's engine, exact, memory linear in the number of inner steps;
 - ``tesla``: TESLA's Algorithm 1, constant memory, first-order (exact only for one step);
-- ``adjoint``: ours, exact and constant memory (plus one flat parameter snapshot per step).
+- ``adjoint``: ours, exact and constant memory (plus flat parameter snapshots: one per step on the
+  device, in host memory, or about ``2 sqrt(T)`` with recomputation; ``MatchingProblem.snapshot_policy``).
 
 A third-party engine registers with ``ENGINES.register("name", fn)``; it sets the attributes
 ``exact`` and ``constant_memory`` so the test-suite checks it against ``unrolled``.
@@ -13,7 +14,7 @@ A third-party engine registers with ``ENGINES.register("name", fn)``; it sets th
 from __future__ import annotations
 
 from dcbench_tesla.matching.problem import (
-    FlatParams,
+    SNAPSHOT_POLICIES,
     MatchingEngine,
     MatchingGradients,
     MatchingProblem,
@@ -23,7 +24,7 @@ from dcbench_tesla.registry import Registry
 
 __all__ = [
     "ENGINES",
-    "FlatParams",
+    "SNAPSHOT_POLICIES",
     "MatchingEngine",
     "MatchingGradients",
     "MatchingProblem",

@@ -10,12 +10,22 @@ engine        exact      autograd memory                                     ext
 ============  =========  ==================================================  =========================
 ``unrolled``  yes        ``T`` double-backward graphs (linear in ``T``)      none
 ``tesla``     ``T = 1``  one graph at a time (constant)                      ``O(P)``
-``adjoint``   yes        one graph at a time (constant)                      ``(T + 1) P`` snapshots
+``adjoint``   yes        one graph at a time (constant)                      snapshots: ``(T + 1) P``
+                                                                             (``device``), ``O(P)`` on
+                                                                             the device (``host``),
+                                                                             ``~2 sqrt(T) P``
+                                                                             (``checkpoint``)
 ============  =========  ==================================================  =========================
 
 Every engine gives each step's images (and label logits) their own leaf tensor, so a gradient is
 taken with respect to the batch only and accumulated into the ``(N, ...)`` buffer with
 ``index_add_`` (an image used in several steps, or twice in one batch, sums its contributions).
+
+Graph reuse: ``tesla`` and ``adjoint`` run their forward loop first-order, except its last step,
+which they take with ``create_graph`` and keep: that step is the first one their second pass
+needs (``adjoint`` sweeps in reverse; ``tesla``'s replay does the shared step first, then steps
+``0 .. T-2``), so one forward and backward per outer iteration is saved and autograd still holds
+at most one graph.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import torch
 from torch import Tensor
 
 from dcbench_tesla.matching.problem import MatchingGradients, MatchingProblem
+from dcbench_tesla.matching.snapshots import make_snapshot_store
 
 __all__ = ["adjoint", "tesla", "unrolled"]
 
@@ -77,6 +88,21 @@ def _first_order_step(problem: MatchingProblem, theta: Tensor, step: int) -> Ten
     loss = problem.step_loss(theta, images, labels, step)
     (grad,) = torch.autograd.grad(loss, theta)
     return grad
+
+
+class _Step:
+    """Inner step ``i`` taken with ``create_graph``: its leaves and ``g_i`` (graph attached)."""
+
+    def __init__(self, problem: MatchingProblem, theta: Tensor, step: int) -> None:
+        self.index, self.images, self.labels = _leaves(problem, step)
+        self.theta = theta.detach().requires_grad_(True)
+        loss = problem.step_loss(self.theta, self.images, self.labels, step)
+        (self.grad,) = torch.autograd.grad(loss, self.theta, create_graph=True)
+        self.labels_learnable = problem.labels_learnable
+
+    def data_inputs(self) -> list[Tensor]:
+        """The step's images (and label logits, when learnable): what the image gradient is taken for."""
+        return [self.images, self.labels] if self.labels_learnable else [self.images]
 
 
 def _grads(output: Tensor, inputs: list[Tensor]) -> list[Tensor]:
@@ -134,11 +160,16 @@ def tesla(problem: MatchingProblem) -> MatchingGradients:
     Loop 1 runs the ``T`` steps without graphs and sums the inner gradients,
     ``G = sum_i g_i``, so ``theta_T = theta_0 - beta G``. Treating ``L`` as a function of ``G``
     alone, ``v = dL/dG = -beta lambda_T`` with ``lambda_T = 2 (theta_T - theta*) / ||theta_0 - theta*||^2``.
-    Loop 2 replays the steps in order, one graph at a time: ``g_i`` is recomputed at ``theta_i`` on
-    the same augmented batch (``augment`` is called with the same step index) with
+    Loop 2 replays the steps, one graph at a time: ``g_i`` is recomputed at ``theta_i`` on the
+    same augmented batch (``augment`` is called with the same step index) with
     ``create_graph=True``, and one backward of ``v . g_i`` gives step ``i``'s contribution to the
     image (and label-logit) gradient. The parameters are advanced with the recomputed ``g_i``, so no
     snapshots are kept. The step-size gradient is ``dL/dbeta = -G . lambda_T`` with ``G`` constant.
+
+    Loop 1 takes its last step with ``create_graph`` and keeps that graph; loop 2 uses it first,
+    then replays steps ``0 .. T-2`` from ``theta_0`` (the contributions are summed, so the order
+    only changes round-off). One forward and backward fewer than replaying all ``T`` steps, and
+    never more than one graph alive.
 
     This drops every term that flows through the dependence of ``theta_i`` on earlier batches and on
     ``beta`` (the inner Hessians): it equals the exact gradient only at ``T = 1``.
@@ -156,28 +187,30 @@ def tesla(problem: MatchingProblem) -> MatchingGradients:
     """
     beta = problem.syn_lr.detach()
     theta_start = problem.theta_start.detach()
+    last = problem.num_steps - 1
     theta = theta_start
     total = torch.zeros_like(theta_start)
-    for i in range(problem.num_steps):  # loop 1: no graphs
+    for i in range(last):  # loop 1: no graphs
         g = _first_order_step(problem, theta, i)
         theta = theta - beta * g
         total += g
-    theta_end = theta
+    step: _Step | None = _Step(problem, theta, last)  # loop 1's last step, graph kept for loop 2
+    g = step.grad.detach()
+    theta_end = theta - beta * g
+    total += g
     lam_end = problem.loss_grad_wrt_end(theta_end)
     v = -beta * lam_end
 
     acc = _Accumulator(problem)
     theta = theta_start
-    for i in range(problem.num_steps):  # loop 2: one graph at a time, same order and augmentation
-        index, images, labels = _leaves(problem, i)
-        leaf = theta.detach().requires_grad_(True)
-        loss = problem.step_loss(leaf, images, labels, i)
-        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-        inputs = [images, labels] if problem.labels_learnable else [images]
-        grads = _grads(torch.dot(v, g), inputs)
-        acc.add(index, grads[0], grads[1] if problem.labels_learnable else None, None)
-        theta = theta - beta * g.detach()
-        del loss, g, grads
+    for i in [last, *range(last)]:  # loop 2: the shared step, then 0 .. T-2 from theta_0
+        if step is None:
+            step = _Step(problem, theta, i)
+            theta = theta - beta * step.grad.detach()
+        grads = _grads(torch.dot(v, step.grad), step.data_inputs())
+        acc.add(step.index, grads[0], grads[1] if problem.labels_learnable else None, None)
+        step = None
+        del grads
 
     return MatchingGradients(
         loss=problem.matching_loss(theta_end).detach(),
@@ -192,57 +225,68 @@ def tesla(problem: MatchingProblem) -> MatchingGradients:
 def adjoint(problem: MatchingProblem) -> MatchingGradients:
     """Our exact constant-memory engine: a reverse (adjoint) sweep with Hessian-vector products.
 
-    Loop 1 runs the ``T`` steps without graphs and keeps ``theta_0 .. theta_T`` as detached flat
-    vectors. With ``lambda_T = dL/dtheta_T = 2 (theta_T - theta*) / ||theta_0 - theta*||^2``, the
-    reverse sweep ``i = T-1 .. 0`` recomputes ``g_i`` at ``theta_i`` (a fresh leaf) on the same
-    augmented batch with ``create_graph=True`` and takes ONE backward of
-    ``s_i = lambda_{i+1} . g_i``, which gives ``ds_i/dX_i``, ``ds_i/dlabels_i`` and
-    ``ds_i/dtheta_i = H_i lambda_{i+1}``; then::
+    Loop 1 runs the ``T`` steps without graphs and keeps ``theta_0 .. theta_{T-1}`` (where: see
+    ``problem.snapshot_policy`` and :mod:`dcbench_tesla.matching.snapshots`). With
+    ``lambda_T = dL/dtheta_T = 2 (theta_T - theta*) / ||theta_0 - theta*||^2``, the reverse sweep
+    ``i = T-1 .. 0`` recomputes ``g_i`` at ``theta_i`` (a fresh leaf) on the same augmented batch
+    with ``create_graph=True`` and takes ONE backward of ``s_i = lambda_{i+1} . g_i``, which gives
+    ``ds_i/dX_i``, ``ds_i/dlabels_i`` and ``ds_i/dtheta_i = H_i lambda_{i+1}``; then::
 
         dL/dX_i    += -beta ds_i/dX_i        dL/dbeta += -s_i
         lambda_i    = lambda_{i+1} - beta H_i lambda_{i+1}
 
     This is the exact derivative (it matches ``unrolled`` to round-off) at the cost of TESLA's
     second loop plus one Hessian-vector product per step, which shares that loop's backward.
-    Autograd holds one graph at a time; the snapshots (reported as ``snapshot_bytes``) are the only
-    memory that grows with ``T``. TESLA is this sweep with ``lambda_i`` frozen at ``lambda_T``.
+    Loop 1 takes its last step with ``create_graph`` and the sweep starts from that graph, so step
+    ``T-1`` is not recomputed. Autograd holds one graph at a time; the snapshots are the only memory
+    that grows with ``T`` (``snapshot_bytes`` on the device, ``host_snapshot_bytes`` in host memory).
+    TESLA is this sweep with ``lambda_i`` frozen at ``lambda_T``.
 
     Args:
         problem: The matching problem.
 
     Returns:
-        The exact loss and gradients, with ``snapshot_bytes = (T + 1) * P * itemsize``.
+        The exact loss and gradients; with the ``device`` policy
+        ``snapshot_bytes = (T + 1) * P * itemsize``.
     """
     beta = problem.syn_lr.detach()
+    last = problem.num_steps - 1
+
+    def advance(theta: Tensor, i: int) -> Tensor:
+        return theta - beta * _first_order_step(problem, theta, i)
+
     theta = problem.theta_start.detach()
-    snapshots = [theta]
-    for i in range(problem.num_steps):  # loop 1: no graphs, keep theta_i
-        theta = theta - beta * _first_order_step(problem, theta, i)
-        snapshots.append(theta)
-    theta_end = snapshots[-1]
+    store = make_snapshot_store(problem.snapshot_policy, theta, problem.num_steps, advance)
+    for i in range(last):  # loop 1: no graphs, keep theta_i
+        store.keep(i, theta)
+        theta = advance(theta, i)
+    store.keep(last, theta)
+    step: _Step | None = _Step(problem, theta, last)  # the sweep's first step, graph kept
+    theta_end = theta - beta * step.grad.detach()
     lam = problem.loss_grad_wrt_end(theta_end)
     beta_grad = torch.zeros((), dtype=lam.dtype, device=lam.device)
 
     acc = _Accumulator(problem)
     for i in reversed(range(problem.num_steps)):
-        index, images, labels = _leaves(problem, i)
-        leaf = snapshots[i].detach().requires_grad_(True)
-        loss = problem.step_loss(leaf, images, labels, i)
-        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-        s = torch.dot(lam, g)
-        inputs = [leaf, images, labels] if problem.labels_learnable else [leaf, images]
-        grads = _grads(s, inputs)
-        acc.add(index, grads[1], grads[2] if problem.labels_learnable else None, -beta)
+        if step is None:
+            step = _Step(problem, store.get(i), i)
+        s = torch.dot(lam, step.grad)
+        grads = _grads(s, [step.theta, *step.data_inputs()])
+        acc.add(step.index, grads[1], grads[2] if problem.labels_learnable else None, -beta)
         beta_grad -= s.detach()
         lam = lam - beta * grads[0]
-        del loss, g, s, grads
+        step = None
+        del s, grads
 
-    snapshot_bytes = len(snapshots) * snapshots[0].numel() * snapshots[0].element_size()
+    vector_bytes = theta_end.numel() * theta_end.element_size()
     return MatchingGradients(
         loss=problem.matching_loss(theta_end).detach(),
         images=acc.images,
         labels=acc.labels,
         syn_lr=beta_grad.to(problem.syn_lr.dtype),
         theta_end=theta_end,
-        snapshot_bytes=snapshot_bytes,
+        snapshot_bytes=store.device_bytes + vector_bytes,  # theta_T is kept on the device too
+        host_snapshot_bytes=store.host_bytes,
+        snapshot_policy=store.policy,
+        recomputed_steps=store.recomputed_steps,
     )

@@ -19,84 +19,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
-__all__ = ["FlatParams", "MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment"]
+__all__ = ["SNAPSHOT_POLICIES", "MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment"]
 
-
-class FlatParams:
-    """A module's parameters as one flat vector, and the module as a function of that vector.
-
-    The layout (parameter names in ``named_parameters()`` order and their shapes) is fixed at
-    construction. Buffers (BatchNorm running statistics, ...) are not part of the flat vector:
-    :meth:`forward` takes them from the module as they are.
-
-    Args:
-        module: The network whose parameters define the layout.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        named = list(module.named_parameters())
-        if not named:
-            raise ValueError("the module has no parameters to flatten")
-        self.names: list[str] = [name for name, _ in named]
-        self.shapes: list[torch.Size] = [p.shape for _, p in named]
-        self.numels: list[int] = [p.numel() for _, p in named]
-
-    @property
-    def numel(self) -> int:
-        """Total number of scalar parameters ``P``."""
-        return sum(self.numels)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The layout as plain JSON-serialisable data: ``{"names": [...], "shapes": [[...], ...]}``."""
-        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
-
-    def check_layout(self, layout: dict[str, Any]) -> None:
-        """Raise ``ValueError`` unless ``layout`` (from :meth:`to_dict`) matches this module's layout."""
-        stored = dict(zip(layout.get("names", []), (list(s) for s in layout.get("shapes", [])), strict=True))
-        mine = {name: list(shape) for name, shape in zip(self.names, self.shapes, strict=True)}
-        if list(stored) == list(mine) and stored == mine:
-            return
-        problems = [f"{n}: stored {stored[n]} vs model {mine[n]}" for n in mine if n in stored and stored[n] != mine[n]]
-        problems += [f"{n}: only in the model" for n in mine if n not in stored]
-        problems += [f"{n}: only in the stored layout" for n in stored if n not in mine]
-        if not problems:
-            problems = ["same parameters in a different order"]
-        raise ValueError("parameter layout does not match the model: " + "; ".join(problems[:6]))
-
-    def flatten(self, module: nn.Module | None = None) -> Tensor:
-        """Concatenate the parameters of ``module`` (default: this one) into a detached ``(P,)`` vector."""
-        source = self.module if module is None else module
-        params = dict(source.named_parameters())
-        return torch.cat([params[name].detach().reshape(-1) for name in self.names])
-
-    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        """Split a ``(P,)`` vector into ``{name: view with the parameter's shape}`` (differentiable)."""
-        if flat.dim() != 1 or flat.numel() != self.numel:
-            raise ValueError(f"expected a flat vector of {self.numel} parameters, got shape {tuple(flat.shape)}")
-        chunks = torch.split(flat, self.numels)
-        return {name: c.view(shape) for name, c, shape in zip(self.names, chunks, self.shapes, strict=True)}
-
-    def assign(self, flat: Tensor, module: nn.Module | None = None) -> None:
-        """Copy a ``(P,)`` vector into the parameters of ``module`` (default: this one), in place."""
-        target = self.module if module is None else module
-        params = dict(target.named_parameters())
-        with torch.no_grad():
-            for name, value in self.unflatten(flat.detach()).items():
-                params[name].copy_(value)
-
-    def forward(self, flat: Tensor, x: Tensor) -> Tensor:
-        """Run the module on ``x`` with its parameters replaced by ``flat``; differentiable in both."""
-        return functional_call(self.module, self.unflatten(flat), (x,))
-
-    __call__ = forward
+#: Where an engine that keeps parameter snapshots (``adjoint``) keeps them:
+#: ``device``: all ``T + 1`` on the problem's device; ``host``: in (pinned, on CUDA) CPU memory, copied
+#: to the device one step ahead of use; ``checkpoint``: about ``2 sqrt(T)`` on the device, the others
+#: recomputed (first-order) segment by segment in the reverse sweep. All give the same gradient.
+SNAPSHOT_POLICIES = ("device", "host", "checkpoint")
 
 
 def identity_augment(images: Tensor, step: int) -> Tensor:
@@ -111,7 +46,8 @@ class MatchingProblem:
 
     Attributes:
         forward: ``forward(theta, x) -> logits`` for a flat parameter vector ``theta`` of shape
-            ``(P,)`` and a batch ``x``; must be differentiable in both (e.g. :meth:`FlatParams.forward`).
+            ``(P,)`` and a batch ``x``; must be differentiable in both (e.g.
+            :meth:`dcbench_tesla.models.flat.FlatParams.forward`).
         theta_start: ``theta_0``, shape ``(P,)``: the expert's parameters at the start epoch.
         theta_target: ``theta*``, shape ``(P,)``: the expert's parameters ``expert_epochs`` later.
         images: The synthetic set, shape ``(N, C, H, W)``. Engines never need it to require grad.
@@ -124,6 +60,8 @@ class MatchingProblem:
             (engines that replay a step call it again with the same index and expect the same
             transform). :func:`identity_augment` turns augmentation off.
         syn_lr: The student step size ``beta``, a scalar tensor.
+        snapshot_policy: Where engines that keep parameter snapshots keep them (one of
+            :data:`SNAPSHOT_POLICIES`); engines without snapshots ignore it.
     """
 
     forward: Callable[[Tensor, Tensor], Tensor]
@@ -135,8 +73,13 @@ class MatchingProblem:
     syn_lr: Tensor
     augment: Callable[[Tensor, int], Tensor] = identity_augment
     labels_learnable: bool = False
+    snapshot_policy: str = "device"
 
     def __post_init__(self) -> None:
+        if self.snapshot_policy not in SNAPSHOT_POLICIES:
+            raise ValueError(
+                f"unknown snapshot policy {self.snapshot_policy!r}; choose from {', '.join(SNAPSHOT_POLICIES)}"
+            )
         if self.theta_start.dim() != 1 or self.theta_start.shape != self.theta_target.shape:
             raise ValueError(
                 "theta_start and theta_target must be flat vectors of the same length, got "
@@ -211,8 +154,14 @@ class MatchingGradients:
         labels: ``dL/dlabel_logits`` (same shape as the labels) when ``labels_learnable``, else None.
         syn_lr: ``dL/dbeta``, scalar with the dtype of the problem's ``syn_lr``.
         theta_end: ``theta_T``, shape ``(P,)``.
-        snapshot_bytes: Bytes of parameter snapshots the engine kept outside autograd's saved tensors
-            (e.g. ``(T + 1) * P * itemsize`` for the adjoint engine); 0 if none.
+        snapshot_bytes: Peak bytes of parameter snapshots the engine kept in the problem's device
+            memory outside autograd's saved tensors (``(T + 1) * P * itemsize`` for the adjoint
+            engine with the ``device`` policy); 0 if none.
+        host_snapshot_bytes: Bytes of parameter snapshots kept in host memory (the ``host``
+            policy; on a CPU problem this is the same physical memory, counted here); 0 if none.
+        snapshot_policy: The policy the snapshots followed ("" for engines that keep none).
+        recomputed_steps: Inner steps run a second time, first-order, to rebuild snapshots
+            (the ``checkpoint`` policy); 0 otherwise.
     """
 
     loss: Tensor
@@ -221,6 +170,9 @@ class MatchingGradients:
     syn_lr: Tensor
     theta_end: Tensor
     snapshot_bytes: int = 0
+    host_snapshot_bytes: int = 0
+    snapshot_policy: str = ""
+    recomputed_steps: int = 0
 
     def is_finite(self) -> bool:
         """True if the loss and every gradient are finite."""

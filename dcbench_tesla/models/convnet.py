@@ -7,10 +7,15 @@ shared by the other models of this package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dcbench_tesla.models.fused import avg_pool2x2, conv3x3, instance_norm_relu, instance_norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "none")
 ACTIVATIONS = ("relu", "leakyrelu", "sigmoid", "tanh", "softplus", "gelu")
@@ -60,6 +65,23 @@ def make_activation(act: str) -> nn.Module:
     return factories[act]()
 
 
+def _activation(act: str, x: Tensor) -> Tensor:
+    """The functional form of :func:`make_activation` (same defaults)."""
+    if act == "relu":
+        return F.relu(x)
+    if act == "leakyrelu":
+        return F.leaky_relu(x)
+    if act == "sigmoid":
+        return torch.sigmoid(x)
+    if act == "tanh":
+        return torch.tanh(x)
+    if act == "softplus":
+        return F.softplus(x)
+    if act == "gelu":
+        return F.gelu(x)
+    raise ValueError(f"unknown activation {act!r}; choose from {', '.join(ACTIVATIONS)}")
+
+
 def _make_pool(pool: str) -> nn.Module:
     if pool == "avgpool":
         return nn.AvgPool2d(kernel_size=2, stride=2)
@@ -107,6 +129,9 @@ class ConvNet(nn.Module):
         if depth < 1:
             raise ValueError(f"ConvNet depth must be >= 1, got {depth}")
         layers: list[nn.Module] = []
+        self.norm, self.act, self.pool = norm, act, pool
+        # (conv index, norm index or None, pooled) per block, for functional_forward
+        self._blocks: list[tuple[int, int | None, bool]] = []
         size = image_size
         in_channels = channels
         if image_size < 1:
@@ -114,6 +139,7 @@ class ConvNet(nn.Module):
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose from {', '.join(POOLS)}")
         for block in range(depth):
+            conv_index = len(layers)
             layers += [
                 nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
                 make_norm(norm, width),
@@ -122,9 +148,11 @@ class ConvNet(nn.Module):
             # A pool that would hand 1x1 maps to a later block is skipped: instance norm of a
             # 1x1 map is a constant, which would cut the output off from the input.
             last = block == depth - 1
-            if pool != "none" and size >= 2 and (last or size // 2 >= 2):
+            pooled = pool != "none" and size >= 2 and (last or size // 2 >= 2)
+            if pooled:
                 layers.append(_make_pool(pool))
                 size //= 2
+            self._blocks.append((conv_index, None if norm == "none" else conv_index + 1, pooled))
             in_channels = width
         self.features = nn.Sequential(*layers)
         self.embed_dim = width * size * size
@@ -137,6 +165,54 @@ class ConvNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits, shape (B, num_classes)."""
         return self.classifier(self.embed(x))
+
+    def functional_unsupported(self) -> str | None:
+        """Why :meth:`functional_forward` cannot run this configuration (None: it can)."""
+        if self.norm == "batchnorm":
+            return "batchnorm keeps running statistics (buffers updated in training mode)"
+        return None
+
+    def functional_forward(self, params: Mapping[str, Tensor], x: Tensor, *, fused: bool = True) -> Tensor:
+        """Logits for parameters ``params`` (``{name: tensor}`` as in ``named_parameters()``).
+
+        The same function as :meth:`forward` with the module's parameters replaced, written with
+        ``torch.nn.functional`` so no module state is swapped (faster than ``functional_call``).
+
+        Args:
+            params: Every parameter of the model, by name (views of a flat vector, typically).
+            x: Images ``(B, C, H, W)``.
+            fused: Use :func:`~dcbench_tesla.models.fused.instance_norm_relu` and
+                :func:`~dcbench_tesla.models.fused.avg_pool2x2` where the configuration has them.
+
+        Raises:
+            ValueError: For a configuration :meth:`functional_unsupported` rejects.
+        """
+        reason = self.functional_unsupported()
+        if reason:
+            raise ValueError(f"functional_forward: {reason}")
+        h = x
+        fuse_norm = fused and self.norm == "instancenorm" and self.act == "relu"
+        for conv_index, norm_index, pooled in self._blocks:
+            conv = conv3x3 if fused else partial(F.conv2d, padding=1)
+            h = conv(h, params[f"features.{conv_index}.weight"], params[f"features.{conv_index}.bias"])
+            if norm_index is not None:
+                module = self.features[norm_index]
+                weight, bias = params[f"features.{norm_index}.weight"], params[f"features.{norm_index}.bias"]
+                if fuse_norm and pooled and self.pool == "avgpool":
+                    h = instance_norm_relu_pool(h, weight, bias, module.eps)
+                    continue
+                if fuse_norm:
+                    h = instance_norm_relu(h, weight, bias, module.eps)
+                else:
+                    h = _activation(self.act, F.group_norm(h, module.num_groups, weight, bias, module.eps))
+            else:
+                h = _activation(self.act, h)
+            if pooled:
+                if self.pool == "avgpool":
+                    h = avg_pool2x2(h) if fused else F.avg_pool2d(h, 2, 2)
+                else:
+                    h = F.max_pool2d(h, 2, 2)
+        return F.linear(torch.flatten(h, 1), params["classifier.weight"], params["classifier.bias"])
 
 
 def default_depth(image_size: int) -> int:

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,8 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
 
     The method runs with its defaults, the label rule of its config card for the dataset
     (:func:`card_labels`), the point's steps / batch / iterations, and ``spec.options`` on top.
-    The expert source has one random trajectory of ``max_start_epoch + expert_epochs`` epochs.
+    The expert source is an on-disk store (in a temporary directory) holding one random trajectory
+    of ``max_start_epoch + expert_epochs`` epochs.
     """
     import torch
 
@@ -155,7 +157,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     from dcbench_tesla.distiller import RunContext
     from dcbench_tesla.method import make
     from dcbench_tesla.profiling.measure import measure_point
-    from dcbench_tesla.profiling.standins import RandomExpertEndpoints, random_dataset, student_init
+    from dcbench_tesla.profiling.standins import random_dataset, write_standin_experts
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
@@ -166,13 +168,12 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     options = _options(spec, model)
     distiller = make(spec.method, RunContext(device=device, progress=False, notice=lambda _m: None), **options)
     opts = distiller.options
-    experts = RandomExpertEndpoints(
-        student_init(model, spec.dataset, spec.seed),
-        epochs=opts.max_start_epoch + opts.expert_epochs,
-        num_experts=1,
-        seed=spec.seed,
+    # The stand-in experts are written to a temporary on-disk store, so each step reads its expert
+    # rows through the real path (ExpertStore.rows).
+    store_dir = tempfile.TemporaryDirectory(prefix="dcbench-standin-experts-")
+    distiller.context.experts = write_standin_experts(
+        store_dir.name, model, spec.dataset, epochs=opts.max_start_epoch + opts.expert_epochs, seed=spec.seed
     )
-    distiller.context.experts = experts
     try:
         measured = measure_point(
             distiller,
@@ -186,6 +187,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
         )
     finally:
         distiller.close()
+        store_dir.cleanup()
     return {**measured, "dsa_strategy": getattr(opts, "dsa_strategy", None)}
 
 

@@ -1,28 +1,44 @@
-"""Random stand-ins for a dataset and its experts, so a profile point needs no files.
+"""Random stand-ins for a dataset and its experts, so a profile point needs no dataset or trained experts.
 
 The memory and time of one distillation iteration depend on tensor shapes (image shape, class
 count, synthetic set size, batch, model, number of inner steps), never on pixel or parameter
 values. A profile point therefore runs on random tensors of the dataset's image shape and class
-count and on :class:`RandomExpertEndpoints`, random expert trajectories of the model's parameter
-count. Every output of the profiler carries :data:`RANDOM_STANDIN_NOTE`.
+count and on random expert trajectories of the model's parameter count
+(:class:`RandomExpertEndpoints`), written by :func:`write_standin_experts` to a real on-disk expert
+store in a temporary directory, so a step reads its expert rows through the same path as a real run
+(:meth:`dcbench_tesla.experts.ExpertStore.rows`). Every output of the profiler carries
+:data:`RANDOM_STANDIN_NOTE`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from dcbench_tesla.data import DATASETS, Dataset, Preprocessing
-from dcbench_tesla.matching import FlatParams
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 
-__all__ = ["RANDOM_STANDIN_NOTE", "RandomExpertEndpoints", "random_dataset", "student_init"]
+if TYPE_CHECKING:
+    from dcbench_tesla.experts import ExpertStore
+
+__all__ = [
+    "RANDOM_STANDIN_NOTE",
+    "RandomExpertEndpoints",
+    "random_dataset",
+    "student_init",
+    "write_standin_experts",
+]
 
 RANDOM_STANDIN_NOTE = (
     "Data and experts are random stand-ins: random tensors of each dataset's image shape and class "
     "count (ipc images per class) and random expert trajectories of the model's parameter count "
-    "(RandomExpertEndpoints). Memory and time do not depend on pixel or parameter values; no "
-    "accuracy can be read from these runs."
+    "(RandomExpertEndpoints), read from an on-disk expert store in a temporary directory. Memory and "
+    "time do not depend on pixel or parameter values; no accuracy can be read from these runs."
 )
 
 
@@ -113,3 +129,55 @@ class RandomExpertEndpoints:
             epochs = torch.arange(self.epochs + 1, dtype=torch.float32).unsqueeze(1)
             self._cached = (index, self.base + epochs * self.drift * direction)
         return self._cached[1]
+
+    def rows(self, index: int, epochs: Sequence[int]) -> Tensor:
+        """Snapshots ``epochs`` of random expert ``index``, ``(len(epochs), P)`` (a copy)."""
+        return self.trajectory(index)[list(epochs)].clone()
+
+
+def write_standin_experts(
+    directory: Path | str,
+    model: str,
+    dataset: str,
+    epochs: int,
+    num_experts: int = 1,
+    seed: int = 0,
+    drift: float = 0.01,
+) -> ExpertStore:
+    """Write :class:`RandomExpertEndpoints` trajectories as an expert store and open it.
+
+    The store has the format of trained experts (manifest plus one safetensors file per expert),
+    so a distiller reads its rows exactly as in a real run.
+
+    Args:
+        directory: Where to write (created; use a temporary directory).
+        model: Model registry name (its parameter count and layout for ``dataset``'s shape).
+        dataset: Dataset registry name.
+        epochs: Epochs per trajectory (``epochs + 1`` snapshots per file).
+        num_experts: Number of expert files.
+        seed: Seed of the initialisation and of the random directions.
+        drift: See :class:`RandomExpertEndpoints`.
+
+    Returns:
+        The opened :class:`~dcbench_tesla.experts.ExpertStore`.
+    """
+    from dcbench_tesla.experts import ExpertConfig, ExpertStore
+    from dcbench_tesla.experts.store import manifest_metadata, write_expert, write_manifest
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = random_dataset(dataset, ipc=1, seed=seed, test_images=1)
+    spec = DATASETS.get(dataset)
+    c, h, _ = spec.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model(model, channels=c, num_classes=spec.num_classes, image_size=h)
+    flat = FlatParams(net)
+    layout = flat.to_dict()
+    config = ExpertConfig(dataset=data.name, model=model, num_experts=num_experts, epochs=epochs, seed=seed)
+    meta = manifest_metadata(config, data, layout, origin={"kind": "standin", "note": "random stand-in (profiler)"})
+    write_manifest(directory, meta, data.preprocessing)
+    source = RandomExpertEndpoints(flat.flatten(), epochs=epochs, num_experts=num_experts, seed=seed, drift=drift)
+    for i in range(num_experts):
+        write_expert(directory, i, source.trajectory(i), {"key": meta["key"], "seed": seed + i, "standin": True})
+    return ExpertStore.open(directory)

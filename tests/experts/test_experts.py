@@ -82,7 +82,7 @@ def test_training_writes_manifest_and_expert_files(store, digits):
 def test_snapshot_zero_is_the_seeded_initialisation(store, digits):
     from dcbench_tesla.experts import expert_seed
     from dcbench_tesla.experts.config import build_for
-    from dcbench_tesla.matching.problem import FlatParams
+    from dcbench_tesla.models.flat import FlatParams
 
     model = build_for("convnet", digits, expert_seed(0, 1))
     assert torch.equal(FlatParams(model).flatten(), store.trajectory(1)[0])

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from dcbench_tesla.matching import ENGINES, FlatParams, MatchingProblem
+from dcbench_tesla.matching import ENGINES, MatchingProblem
+from dcbench_tesla.models.flat import FlatParams
 from dcbench_tesla.profiling.saved_tensors import SavedTensorMeter
 
 N_IMAGES, BATCH = 12, 4
