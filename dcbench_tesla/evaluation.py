@@ -313,7 +313,9 @@ def evaluate_images(
         UserError: a model's task failed on a remote executor (its error and log named).
     """
     executor = current_executor()
-    shared = (executor.share(images), executor.share(labels), executor.share(_evaluation_view(dataset), key=dataset))
+    # a remote task gets the data without the training pool; the local executor uses it as it is
+    view = _evaluation_view(dataset) if executor.remote else dataset
+    shared = (executor.share(images), executor.share(labels), executor.share(view, key=dataset))
     tasks = [
         Task(
             name=f"{label.replace(' ', '-')}-{model_name}-{k}",

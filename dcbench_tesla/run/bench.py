@@ -226,7 +226,7 @@ def plan(request: BenchRequest) -> BenchPlan:
         cache_dir=request.cache_dir,
         yes=request.yes,
         overwrite=True,  # a cell is only ever computed when it has no result.json
-        real=request.real,
+        real=True if request.real is None and request.whole_dataset else request.real,  # the pool is computed anyway
         ddrs_weight=request.ddrs_weight,
     )
     cells: list[Cell] = []

@@ -151,6 +151,7 @@ def test_a_cifar_batch_with_non_integer_labels_is_refused_naming_the_file(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("no_validation_split")
 def test_a_cifar_batch_with_integer_labels_of_any_width_loads(tmp_path):
     cifar_root(tmp_path, np.arange(10, dtype=np.uint8))
     dataset = load_dataset("cifar10", tmp_path / "data")

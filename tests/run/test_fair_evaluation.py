@@ -7,7 +7,7 @@ import spy_data
 import torch
 from click.testing import CliRunner
 
-from dcbench_tesla import make
+from dcbench_tesla import make, spec
 from dcbench_tesla.cli import main
 from dcbench_tesla.data import load_dataset
 from dcbench_tesla.evaluation import random_real_subset
@@ -51,7 +51,9 @@ def test_soft_label_run_reads_test_last_and_its_baseline_trains_on_the_teachers_
     dataset = load_dataset("digits")
     subset, hard = random_real_subset(dataset, 2, 0)
     assert torch.equal(images, subset)
-    method = make("tesla", labels="sla", num_experts=2, expert_train_epochs=3, max_start_epoch=2, expert_epochs=1)
+    card = spec("tesla").nearest_card("digits", 2).options  # the run derives its settings from this card
+    tiny = {"labels": "sla", "num_experts": 2, "expert_train_epochs": 3, "max_start_epoch": 2, "expert_epochs": 1}
+    method = make("tesla", **{**card, **tiny})
     method.reset(dataset, 2, 0)  # the experts the run trained, from the cache
     generator = torch.Generator().manual_seed(0)
     expert = int(torch.randint(2, (1,), generator=generator))
@@ -61,7 +63,7 @@ def test_soft_label_run_reads_test_last_and_its_baseline_trains_on_the_teachers_
         expected = torch.softmax(method.flat.forward(teacher, subset), dim=1)
     assert labels.shape == (20, 10) and labels.is_floating_point()
     torch.testing.assert_close(labels, expected)
-    assert torch.equal(trained["baseline"][1], hard)  # the hard-label baseline is still there
+    assert torch.equal(trained["random real subset"][1], hard)  # the hard-label baseline is still there
     syn_images, syn_labels = trained["evaluate"]
     assert torch.equal(trained["evaluate (hard labels)"][1], syn_labels.argmax(dim=1))
 
