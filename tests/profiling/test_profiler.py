@@ -146,13 +146,13 @@ def test_out_of_memory_classification():
 # -- the sweep, through the CLI -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    """A CPU sweep of all three methods at 1, 2 and 4 steps on the digits shape (one process each)."""
+    """A CPU sweep of all three methods at 1 and 2 steps on the digits shape (one process each)."""
     output = tmp_path_factory.mktemp("profile") / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(FAKE_OOM_ENV, raising=False)
         result = CliRunner().invoke(
             profile_command,
-            [*TINY, "--steps", "1,2,4", "--device", "cpu", "--threads", "1", "--output", str(output)],
+            [*TINY, "--steps", "1,2", "--device", "cpu", "--threads", "1", "--output", str(output)],
         )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return output
@@ -164,9 +164,9 @@ def test_sweep_writes_csv_markdown_and_figures(tiny_sweep):
         assert (tiny_sweep / name).stat().st_size > 0, name
     frame = load_csv(tiny_sweep / "profile.csv")
     assert list(frame.columns) == list(CSV_COLUMNS)
-    assert len(frame) == 9 and set(frame["status"]) == {"ok"}
+    assert len(frame) == 6 and set(frame["status"]) == {"ok"}
     pairs = sorted(zip(frame["method"], frame["steps"], strict=True))
-    assert pairs == sorted((m, s) for m in METHODS for s in (1, 2, 4))
+    assert pairs == sorted((m, s) for m in METHODS for s in (1, 2))
     markdown = (tiny_sweep / "profile.md").read_text()
     assert "random stand-ins" in markdown and "Table 4" in markdown and "Table 5" in markdown
     assert "NVML:" in markdown and "Threads" in markdown

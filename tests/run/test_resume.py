@@ -98,17 +98,24 @@ def test_resume_errors(tmp_path):
     assert both.returncode == 2 and "contradict" in both.stderr
 
 
-@pytest.mark.slow
-def test_resume_with_another_seed_is_refused(tmp_path):
+def test_resume_with_another_seed_is_refused(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from dcbench_tesla.cli import main
+    from dcbench_tesla.run import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once distillation has finished: the checkpoint stays
+
     run_dir = tmp_path / "run"
-    first = dcbench(*TINY_TESLA, "--iterations", "50", "--checkpoint-every", "1", "--output", run_dir, wait=False)
-    wait_for_iteration(first, run_dir, 2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    monkeypatch.setenv("DCBENCH_CACHE", _CACHE)
+    monkeypatch.setattr(runner, "evaluate", interrupted)
+    first = CliRunner().invoke(main, [*TINY_TESLA, "--iterations", "2", "--output", str(run_dir)])
+    assert first.exit_code == 130, first.output
     assert (run_dir / "checkpoint.safetensors").exists()
     other = [a if a != "3" else "4" for a in TINY_TESLA]
-    result = dcbench(*other, "--iterations", "50", "--output", run_dir, "--resume")
-    assert result.returncode == 2 and "belongs to another run" in result.stderr
+    result = CliRunner().invoke(main, [*other, "--iterations", "2", "--output", str(run_dir), "--resume"])
+    assert result.exit_code == 2 and "belongs to another run" in result.output
 
 
 @pytest.mark.slow
