@@ -176,12 +176,12 @@ def test_sweep_writes_csv_markdown_and_figures(tiny_sweep):
 def test_sweep_memory_shows_linear_vs_constant(tiny_sweep):
     frame = load_csv(tiny_sweep / "profile.csv").set_index(["method", "steps"])
     saved = frame["peak_saved_tensors_mib"]
-    assert saved["mtt", 4] > 2.5 * saved["mtt", 1]
-    assert saved["tesla", 4] == pytest.approx(saved["tesla", 1], rel=0.01)  # DSA families differ by < 1%
-    assert saved["tesla-exact", 4] == pytest.approx(saved["tesla-exact", 1], rel=0.01)
+    assert saved["mtt", 2] > 1.7 * saved["mtt", 1]  # one more graph: nearly twice the saved tensors
+    assert saved["tesla", 2] == pytest.approx(saved["tesla", 1], rel=0.01)  # DSA families differ by < 1%
+    assert saved["tesla-exact", 2] == pytest.approx(saved["tesla-exact", 1], rel=0.01)
     snapshots = frame["snapshot_mib"]
-    assert snapshots["tesla-exact", 4] == pytest.approx(5 / 2 * snapshots["tesla-exact", 1])  # (T + 1) P
-    assert snapshots["mtt", 4] == 0 and snapshots["tesla", 4] == 0
+    assert snapshots["tesla-exact", 2] == pytest.approx(3 / 2 * snapshots["tesla-exact", 1])  # (T + 1) P
+    assert snapshots["mtt", 2] == 0 and snapshots["tesla", 2] == 0
     assert (frame["threads"] == 1).all()
 
 
