@@ -53,6 +53,7 @@ class Registry(Generic[T]):
         self._entry_points_read = entry_point_group is None
         self._loaded: dict[str, T] = {}
         self._lazy: dict[str, str | importlib.metadata.EntryPoint] = {}
+        self._descriptions: dict[str, str] = {}
 
     # -- registration -------------------------------------------------------------
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -67,10 +68,19 @@ class Registry(Generic[T]):
         self._add_loaded(name, obj)
         return obj
 
-    def register_lazy(self, name: str, target: str | importlib.metadata.EntryPoint) -> None:
-        """Register a ``"module:attr"`` target (or entry point) imported on first lookup."""
+    def register_lazy(self, name: str, target: str | importlib.metadata.EntryPoint, description: str = "") -> None:
+        """Register a ``"module:attr"`` target (or entry point) imported on first lookup.
+
+        ``description`` lets ``dcbench ls`` describe the entry without importing it.
+        """
         self._check_new(name)
         self._lazy[name] = target
+        if description:
+            self._descriptions[name] = description
+
+    def description(self, name: str) -> str | None:
+        """The description given at lazy registration, or None (then the entry must be loaded to say)."""
+        return self._descriptions.get(name)
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (tests and interactive sessions); unknown names raise KeyError."""

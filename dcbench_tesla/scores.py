@@ -29,12 +29,12 @@ from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.dataset import Split
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.evaluation import (
-    EvaluationProtocol,
     EvaluationResult,
     evaluate_images,
     random_real_subset,
     whole_pool_evaluation,
 )
+from dcbench_tesla.protocols import EvaluationProtocol
 
 #: ``w`` of ``alpha = w IOR - (1 - w) HLR`` (DD-Ranking's default).
 DEFAULT_DDRS_WEIGHT = 0.5

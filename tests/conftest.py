@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attack_tally import LONG_EXAMPLES, summary_lines
+from attack_tally import COUNTS, LONG_EXAMPLES, summary_lines
 from hypothesis import settings
 
 torch.set_num_threads(1)
 settings.register_profile("long", max_examples=LONG_EXAMPLES, deadline=None)
+
+
+def pytest_sessionfinish(session):
+    """On a pytest-xdist worker: hand this worker's attack tally to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["attack_tally"] = {surface: dict(counts) for surface, counts in COUNTS.items()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the pytest-xdist controller: add a finished worker's attack tally to the session's."""
+    for surface, counts in getattr(node, "workeroutput", {}).get("attack_tally", {}).items():
+        COUNTS[surface].update(counts)
 
 
 def pytest_terminal_summary(terminalreporter):

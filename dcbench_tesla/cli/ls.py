@@ -21,16 +21,19 @@ def plain(text: str) -> str:
 
 def _registries() -> dict[str, Any]:
     from dcbench_tesla.data import DATASETS
-    from dcbench_tesla.evaluation import PROTOCOLS
     from dcbench_tesla.matching import ENGINES
     from dcbench_tesla.method import METHODS
     from dcbench_tesla.models import MODELS
+    from dcbench_tesla.protocols import PROTOCOLS
 
     return {"datasets": DATASETS, "engines": ENGINES, "methods": METHODS, "models": MODELS, "protocols": PROTOCOLS}
 
 
 def describe(registry: Any, name: str) -> str:
     """One line about an entry; a broken plugin is listed with its problem (and a warning), not a crash."""
+    known = registry.description(name)
+    if known:
+        return known
     try:
         obj = registry.get(name)
     except Exception as exc:

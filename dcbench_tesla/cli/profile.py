@@ -22,6 +22,7 @@ from dcbench_tesla.cli.common import (
     executor_from_flags,
     executor_options,
     parse_list,
+    parse_set,
     threads_option,
 )
 from dcbench_tesla.errors import UserError
@@ -64,16 +65,18 @@ def parse_steps(value: str) -> list[int]:
     return sorted(steps)
 
 
-def _check_methods(methods: list[str]) -> None:
+def _check_methods(methods: list[str], options: dict[str, str]) -> None:
+    from dcbench_tesla.config import build_options
     from dcbench_tesla.method import distiller_class, spec
 
     for method in methods:
-        fields = {f.name for f in dataclasses.fields(distiller_class(spec(method)).Config)}
-        if not {"syn_steps", "batch_syn"} <= fields:
+        config = distiller_class(spec(method)).Config
+        if not {"syn_steps", "batch_syn"} <= {f.name for f in dataclasses.fields(config)}:
             raise UserError(
                 f"method {method!r} has no syn_steps/batch_syn options: the profiler sweeps methods "
                 "whose cost grows with matching steps (see 'dcbench ls methods')"
             )
+        build_options(config, {**spec(method).kwargs, **options}, owner=f"method {method!r}")
 
 
 #: Largest matching-step count ``--steps`` accepts.
@@ -187,6 +190,13 @@ def default_output(datasets: list[str], device: str) -> Path:
 )
 @click.option("--output", type=PATH, default=None, help="Output directory [profiles/<datasets>-<device>].")
 @click.option(
+    "--set",
+    "set_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method option for every point (repeatable), e.g. --set snapshot_policy=checkpoint.",
+)
+@click.option(
     "--overwrite", is_flag=True, help="Replace the files in a non-empty --output (the same command resumes without it)."
 )
 @executor_options
@@ -208,7 +218,8 @@ def profile_command(**kw: Any) -> None:
     if kw["dataset"] and kw["datasets"]:
         raise UserError("give --dataset or --datasets, not both")
     datasets = parse_list(kw["datasets"] or kw["dataset"] or "cifar100", "--datasets")
-    _check_methods(methods)
+    options = parse_set(kw["set_pairs"])
+    _check_methods(methods, options)
     specs = [dataset_spec(name) for name in datasets]  # unknown names: UserError with suggestions
     steps = parse_steps(kw["steps"])
     for spec in specs:
@@ -237,8 +248,10 @@ def profile_command(**kw: Any) -> None:
         device=device,
         seed=kw["seed"],
         threads=kw["threads"],
+        options=options,
     )
     settings = {
+        "options": options,
         "methods": methods,
         "datasets": datasets,
         "steps": steps,

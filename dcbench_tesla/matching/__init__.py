@@ -13,14 +13,15 @@ A third-party engine registers with ``ENGINES.register("name", fn)``; it sets th
 
 from __future__ import annotations
 
-from dcbench_tesla.matching.problem import (
-    SNAPSHOT_POLICIES,
-    MatchingEngine,
-    MatchingGradients,
-    MatchingProblem,
-    identity_augment,
-)
-from dcbench_tesla.registry import Registry
+from typing import TYPE_CHECKING, Any
+
+from dcbench_tesla.registry import Registry, load_target
+
+if TYPE_CHECKING:
+    from dcbench_tesla.matching.problem import MatchingEngine
+
+#: The snapshot policies of exact engines (see :mod:`dcbench_tesla.matching.snapshots`).
+SNAPSHOT_POLICIES = ("device", "host", "checkpoint")
 
 __all__ = [
     "ENGINES",
@@ -32,6 +33,30 @@ __all__ = [
 ]
 
 ENGINES: Registry[MatchingEngine] = Registry("gradient engine")
-ENGINES.register_lazy("unrolled", "dcbench_tesla.matching.engines:unrolled")
-ENGINES.register_lazy("tesla", "dcbench_tesla.matching.engines:tesla")
-ENGINES.register_lazy("adjoint", "dcbench_tesla.matching.engines:adjoint")
+ENGINES.register_lazy(
+    "unrolled",
+    "dcbench_tesla.matching.engines:unrolled",
+    "MTT's engine: unroll all T steps with graphs, then one backward pass. Exact; memory linear in T.",
+)
+ENGINES.register_lazy(
+    "tesla",
+    "dcbench_tesla.matching.engines:tesla",
+    "TESLA's engine (Algorithm 1 of Cui et al., ICML 2023): constant memory, first-order.",
+)
+ENGINES.register_lazy(
+    "adjoint",
+    "dcbench_tesla.matching.engines:adjoint",
+    "Ours: exact and constant memory, a reverse (adjoint) sweep with Hessian-vector products.",
+)
+
+_LAZY = {
+    name: f"dcbench_tesla.matching.problem:{name}"
+    for name in ("MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment")
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The problem's classes, imported (with torch) on first use."""
+    if name in _LAZY:
+        return load_target(_LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

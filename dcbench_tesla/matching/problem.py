@@ -25,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcbench_tesla.matching import SNAPSHOT_POLICIES
+
 __all__ = ["SNAPSHOT_POLICIES", "MatchingEngine", "MatchingGradients", "MatchingProblem", "identity_augment"]
 
 #: Where an engine that keeps parameter snapshots (``adjoint``) keeps them:
 #: ``device``: all ``T + 1`` on the problem's device; ``host``: in (pinned, on CUDA) CPU memory, copied
 #: to the device one step ahead of use; ``checkpoint``: about ``2 sqrt(T)`` on the device, the others
 #: recomputed (first-order) segment by segment in the reverse sweep. All give the same gradient.
-SNAPSHOT_POLICIES = ("device", "host", "checkpoint")
 
 
 def identity_augment(images: Tensor, step: int) -> Tensor:

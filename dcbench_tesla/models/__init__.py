@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 ModelBuilder = Callable[..., "nn.Module"]
 MODELS: Registry[ModelBuilder] = Registry("model", entry_point_group=ENTRY_POINT_GROUPS["model"])
 
-MODELS.register_lazy("convnet", "dcbench_tesla.models.convnet:build_convnet")
-MODELS.register_lazy("convnet3", "dcbench_tesla.models.convnet:build_convnet3")
-MODELS.register_lazy("convnet4", "dcbench_tesla.models.convnet:build_convnet4")
-MODELS.register_lazy("resnet18", "dcbench_tesla.models.resnet:build_resnet18")
-MODELS.register_lazy("resnet18_bn", "dcbench_tesla.models.resnet:build_resnet18_bn")
-MODELS.register_lazy("vit", "dcbench_tesla.models.vit:build_vit")
+for _name, _target, _description in (
+    ("convnet", "convnet:build_convnet", "ConvNet, depth from the image size: 2 at 8x8, 3 at 32x32, 4 at 64x64"),
+    ("convnet3", "convnet:build_convnet3", "ConvNet-3 (CIFAR-sized images)"),
+    ("convnet4", "convnet:build_convnet4", "ConvNet-4 (64x64 images: Tiny ImageNet, ImageNet-1K)"),
+    ("resnet18", "resnet:build_resnet18", "ResNet18 (BasicBlock [2, 2, 2, 2], widths 64..512), instance norm"),
+    ("resnet18_bn", "resnet:build_resnet18_bn", "ResNet18 with BatchNorm"),
+    ("vit", "vit:build_vit", "ViT (patch 4, dim 512, depth 6, 8 heads x 64, MLP 512, dropout 0.1, CLS pooling)"),
+):
+    MODELS.register_lazy(_name, f"dcbench_tesla.models.{_target}", _description)
 
 
 def build_model(name: str, channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:

@@ -206,6 +206,7 @@ def describe(spec: PointSpec) -> dict[str, Any]:
         "num_classes": dataset_spec.num_classes,
         "engine": kwargs.get("engine"),
         "labels": kwargs.get("labels"),
+        "snapshot_policy": kwargs.get("snapshot_policy"),
     }
 
 

@@ -65,6 +65,7 @@ CSV_COLUMNS = (
     "model",
     "engine",
     "labels",
+    "snapshot_policy",
     "device",
     "device_name",
     "batch_syn",

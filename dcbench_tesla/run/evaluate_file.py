@@ -14,8 +14,9 @@ from torch import Tensor
 
 from dcbench_tesla.data import Dataset, dataset_spec, load_dataset
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import evaluation_lr, protocol_for, whole_pool_cached
+from dcbench_tesla.evaluation import whole_pool_cached
 from dcbench_tesla.files import write_json_atomic
+from dcbench_tesla.protocols import evaluation_lr, protocol_for
 from dcbench_tesla.scores import DEFAULT_DDRS_WEIGHT, check_weight, evaluate_with_scores, same_rule_labels
 from dcbench_tesla.synthetic import SyntheticSet
 
@@ -79,7 +80,7 @@ def evaluate_file(
 
     The data are re-expressed in the set's normalisation / ZCA state (from the file), so a set made
     elsewhere is evaluated as it was made. The lr follows the one rule of
-    :func:`~dcbench_tesla.evaluation.evaluation_lr` with the method recorded in the file. Beside it,
+    :func:`~dcbench_tesla.protocols.evaluation_lr` with the method recorded in the file. Beside it,
     as in ``dcbench run``: the set with hard labels, the random real subset of its IPC (hard labels,
     and its own label rule: see :func:`file_same_rule_labels`) unless ``baseline`` is False, the
     whole training pool (cached) unless ``real`` is False, and HLR, IOR and DDRS.

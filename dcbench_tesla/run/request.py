@@ -200,8 +200,8 @@ def resolve(request: RunRequest) -> ResolvedRun:
         UserError: any invalid input, with what to do instead.
     """
     from dcbench_tesla.checks import MAX_THREADS, resolve_device
-    from dcbench_tesla.evaluation import evaluation_lr, protocol_for
     from dcbench_tesla.models import MODELS
+    from dcbench_tesla.protocols import evaluation_lr, protocol_for
     from dcbench_tesla.scores import check_weight
 
     if request.threads is not None and not 1 <= request.threads <= MAX_THREADS:

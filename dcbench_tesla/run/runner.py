@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.distiller import Distiller, RunContext
 from dcbench_tesla.errors import Interrupted, UserError
-from dcbench_tesla.evaluation import evaluate_images, evaluation_lr, format_accuracy
+from dcbench_tesla.evaluation import evaluate_images, format_accuracy
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.method import build_distiller
+from dcbench_tesla.protocols import evaluation_lr
 from dcbench_tesla.run import estimate
 from dcbench_tesla.run.loop import run_episode
 from dcbench_tesla.run.request import ResolvedRun, RunRequest, resolve

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import dcbench_tesla as dc
 from dcbench_tesla.cli import main
 from dcbench_tesla.method import METHODS
-from dcbench_tesla_methods.random_subset import RandomSubset
+from dcbench_tesla_methods.random_subset_distiller import RandomSubset
 
 FAST = ["--num-eval", "1", "--eval-epochs", "1", "--no-progress", "--no-baseline"]
 

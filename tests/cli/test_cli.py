@@ -207,7 +207,7 @@ def test_eval_every_logs_accuracy_at_those_iterations(tmp_path):
     assert_user_error(invoke(*args, "--eval-every", "-1", "--output", tmp_path / "x", *FAST), "--eval-every")
 
 
-def test_help_and_the_cli_modules_do_not_import_torch():
+def test_help_and_ls_do_not_import_torch():
     import subprocess
     import sys
 
@@ -215,7 +215,8 @@ def test_help_and_the_cli_modules_do_not_import_torch():
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from dcbench_tesla.cli import main\n"
-        "for args in (['--help'], ['run', '--help'], ['bench', '--help'], ['profile', '--help']):\n"
+        "for args in (['--help'], ['run', '--help'], ['bench', '--help'], ['profile', '--help'], ['ls'],\n"
+        "             ['ls', 'cards'], ['ls', 'presets']):\n"
         "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
     )

@@ -9,8 +9,8 @@ import dcbench_tesla as dc
 from dcbench_tesla.conformance import ConformanceError, check_method
 from dcbench_tesla.distiller import RunContext
 from dcbench_tesla.method import METHODS, MethodSpec
-from dcbench_tesla_methods.dm import DistributionMatching
-from dcbench_tesla_methods.random_subset import RandomSubset
+from dcbench_tesla_methods.dm_distiller import DistributionMatching
+from dcbench_tesla_methods.random_subset_distiller import RandomSubset
 
 DM_SMOKE = {"iterations": 3, "batch_real": 8}
 

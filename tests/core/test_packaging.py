@@ -26,6 +26,8 @@ def test_presets_ship_as_package_data():
 
 def test_every_builtin_method_module_has_an_entry_point():
     entry_points = _setup_cfg()["options.entry_points"]["dcbench_tesla.methods"]
-    modules = {p.stem for p in (ROOT / "methods").glob("*.py") if p.stem != "__init__"}
+    distillers = {p.stem for p in (ROOT / "methods").glob("*_distiller.py")}
+    modules = {p.stem for p in (ROOT / "methods").glob("*.py")} - distillers - {"__init__"}
+    assert {f"{m}_distiller" for m in modules} == distillers  # every spec module has its distiller, and back
     for module in modules:
         assert f"dcbench_tesla_methods.{module}:" in entry_points, module

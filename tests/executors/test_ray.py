@@ -20,20 +20,21 @@ from click.testing import CliRunner
 
 from dcbench_tesla.cli import main
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import PROTOCOLS, evaluate_images, random_real_subset
+from dcbench_tesla.evaluation import evaluate_images, random_real_subset
 from dcbench_tesla.executors import Task, TaskFailures, open_executor
 from dcbench_tesla.experts import ExpertConfig, ExpertStore, train_experts
 from dcbench_tesla.files import read_tensor_file
 from dcbench_tesla.profiling.point import execute
 from dcbench_tesla.profiling.report import load_csv
 from dcbench_tesla.profiling.sweep import CSV_COLUMNS, plan_points, records_to_frame
+from dcbench_tesla.protocols import PROTOCOLS
 from dcbench_tesla.run import bench as bench_module
 from dcbench_tesla.run.bench import run_bench
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the FAKE tasks below travel by value
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray instance, on one worker
 
 TINY = {"num_eval_models": 1, "eval_epochs": 2, "progress": False, "threads": 1}
 BENCH_FLAGS = "--methods random,dm --ipc 1 --iterations 2 --num-eval 1 --eval-epochs 2 --threads 1 --no-progress"

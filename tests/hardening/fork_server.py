@@ -33,9 +33,9 @@ def _preload() -> None:
     import torch  # noqa: F401
     import torch._dynamo  # noqa: F401  (what the first optimiser would import)
 
-    import dcbench_tesla_methods.dm
-    import dcbench_tesla_methods.random_subset
-    import dcbench_tesla_methods.trajectory_matching  # noqa: F401
+    import dcbench_tesla_methods.dm_distiller
+    import dcbench_tesla_methods.random_subset_distiller
+    import dcbench_tesla_methods.trajectory_matching_distiller  # noqa: F401
 
 
 def _install_fake_killing_write(n: int) -> None:

@@ -5,7 +5,7 @@ import torch
 
 import dcbench_tesla as dc
 from dcbench_tesla.models import build_model
-from dcbench_tesla_methods.dm import distribution_matching_loss
+from dcbench_tesla_methods.dm_distiller import distribution_matching_loss
 
 SMALL = {"batch_real": 16}
 

@@ -7,7 +7,7 @@ import dcbench_tesla as dc
 from dcbench_tesla.errors import DivergenceError, UserError
 from dcbench_tesla.matching import MatchingGradients
 from dcbench_tesla.models import build_model
-from dcbench_tesla_methods.trajectory_matching import SyntheticBatches
+from dcbench_tesla_methods.trajectory_matching_distiller import SyntheticBatches
 
 VARIANTS = {"mtt": "unrolled", "tesla": "tesla", "tesla-exact": "adjoint"}
 SMALL = dict(iterations=3, syn_steps=3, expert_epochs=1, max_start_epoch=2, lr_img=10.0, dsa_strategy="none")

@@ -34,7 +34,7 @@ def stub_method():
         register_method(
             MethodSpec(
                 id=STUB,
-                entry_point="dcbench_tesla_methods.random_subset:RandomSubset",
+                entry_point="dcbench_tesla_methods.random_subset_distiller:RandomSubset",
                 description="test stub",
                 reference_accuracy={"digits": {1: 50.0}},
             )

@@ -18,7 +18,7 @@ from dcbench_tesla.cli import main
 from dcbench_tesla.config import read_config_file
 from dcbench_tesla.errors import UserError
 from dcbench_tesla.run.tune import Dimension, default_space, parse_space
-from dcbench_tesla_methods.trajectory_matching import TrajectoryMatchingConfig
+from dcbench_tesla_methods.trajectory_matching_distiller import TrajectoryMatchingConfig
 
 COMMON = [  # the fixed part of the trials below (syn_steps is searched)
     *("--method", "tesla", "--ipc", "1", "--iterations", "2", "--num-eval", "1", "--eval-epochs", "2"),
