@@ -54,11 +54,11 @@ def _digits_cards() -> tuple[ConfigCard, ...]:
     # digits has 1,438 training images: an epoch at batch 256 is 6 SGD steps, too few for the
     # teacher at epoch 2-12 to give informative soft labels, so experts train at batch 32.
     common = {
-        "num_experts": 5,
-        "expert_train_epochs": 15,
+        "num_experts": 3,
+        "expert_train_epochs": 8,
         "expert_batch_size": 32,
         "expert_epochs": 2,
-        "max_start_epoch": 10,
+        "max_start_epoch": 6,
         "lr_lr": 1e-5,
         "lr_teacher": 0.01,
     }
@@ -66,14 +66,14 @@ def _digits_cards() -> tuple[ConfigCard, ...]:
         ConfigCard(
             "digits",
             1,
-            {**common, "iterations": 200, "syn_steps": 20, "lr_img": 100.0},
+            {**common, "iterations": 100, "syn_steps": 10, "lr_img": 100.0},
             zca=False,
             source=_DIGITS,
         ),
         ConfigCard(
             "digits",
             10,
-            {**common, "iterations": 100, "syn_steps": 20, "lr_img": 100.0},
+            {**common, "iterations": 100, "syn_steps": 10, "lr_img": 100.0},
             zca=False,
             source=_DIGITS,
         ),

@@ -20,8 +20,10 @@ its second report on).
 ``--trials N`` is the number of finished (complete or pruned) trials the study should hold, so the
 same command again does nothing more, and a larger N extends the study. A tune killed mid-trial
 (SIGKILL) leaves that trial RUNNING in the storage; the next run marks it failed and queues its
-parameters again, resuming its run directory from its checkpoint when it has one. Trials run one
-after the other (no parallel executor exists in this package yet).
+parameters again, resuming its run directory from its checkpoint when it has one. Trials are tasks of
+the command's executor: ``--parallel N`` asks for N trials at a time, which ``--executor ray`` runs side
+by side (each worker reopens the study's SQLite file, so the study directory must be on a filesystem
+every node shares); the local executor runs them one after the other.
 """
 
 from __future__ import annotations
@@ -191,12 +193,15 @@ class TuneRequest:
         trials: Finished (complete or pruned) trials the study should hold.
         timeout_s: Start no trial after this many seconds of this invocation (None: no limit).
         space: ``--space`` entries (empty: :func:`default_space`).
+        parallel: Trials asked for at a time and run side by side as tasks of the command's executor
+            (with the local executor they still run one after the other).
     """
 
     base: RunRequest
     trials: int = 20
     timeout_s: float | None = None
     space: list[str] = field(default_factory=list)
+    parallel: int = 1
 
     @property
     def output(self) -> Path:
@@ -371,40 +376,105 @@ def _finished(study: Any, optuna: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=done))
 
 
-def run_trial(tune_plan: TunePlan, study: Any, optuna: Any) -> Any:
-    """Ask the study for a trial, run it as a normal run scored on validation, and tell the outcome."""
+STUDY_NAME = "dcbench-tune"
+
+
+@dataclass(frozen=True)
+class StudyHandle:
+    """How a trial task reopens the study (a worker process has its own connection): storage, pruner settings."""
+
+    storage: str
+    pruner_startup_trials: int
+    pruner_warmup_steps: int
+
+    def load(self, optuna: Any) -> Any:
+        """The study, with the driver's pruner."""
+        pruner = optuna.pruners.MedianPruner(
+            n_startup_trials=self.pruner_startup_trials, n_warmup_steps=self.pruner_warmup_steps
+        )
+        return optuna.load_study(study_name=STUDY_NAME, storage=self.storage, pruner=pruner)
+
+
+def trial_task(tune_plan: TunePlan, handle: StudyHandle, trial_id: int, request: RunRequest) -> dict[str, Any]:
+    """One trial as an executor task: a normal run scored on validation, reporting to the pruner.
+
+    Runs where the executor puts it (this process, or a Ray worker reading the study's SQLite file on
+    the shared output directory). Returns the outcome for the driver to tell the study.
+
+    Raises:
+        Interrupted: Ctrl-C / SIGTERM (the driver marks the trial interrupted and queues it again).
+    """
     from dcbench_tesla.run import runner
 
-    trial = study.ask()
-    params = {name: dim.suggest(trial) for name, dim in tune_plan.space.items()}
-    resume_from = trial.user_attrs.get("resume_from")
+    optuna = require_optuna()
+    trial = optuna.trial.Trial(handle.load(optuna), trial_id)
 
     def report(iteration: int, accuracy: float) -> None:
         trial.report(accuracy, iteration)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at iteration {iteration} (validation accuracy {accuracy:.4f})")
 
-    request = tune_plan.trial_request(trial.number, params, report, Path(resume_from) if resume_from else None)
-    trial.set_user_attr("run_dir", str(request.output))
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    print(f"\n[trial {trial.number}] {shown}")
     try:
-        record = runner.run(resolve(request))
+        record = runner.run(resolve(dataclasses.replace(request, on_eval=report)))
     except optuna.TrialPruned as exc:
-        trial.set_user_attr("note", str(exc))
-        return study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return {"state": "pruned", "note": str(exc)}
     except (Interrupted, KeyboardInterrupt):
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     except UserError as exc:  # a setting that diverges or that the method refuses: a failed trial
         kind = "diverged" if isinstance(exc, DivergenceError) else "refused"
-        trial.set_user_attr("note", f"{kind}: {str(exc).splitlines()[0]}")
-        print(f"[trial {trial.number}] failed ({kind}): {exc}")
-        return study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return {"state": "failed", "note": f"{kind}: {str(exc).splitlines()[0]}"}
     first = record["evaluation"]["by_model"][tune_plan.resolved.models[0]]
-    trial.set_user_attr("val_acc_std", first["std"])
-    return study.tell(trial, first["mean"])
+    return {"state": "complete", "value": first["mean"], "std": first["std"]}
+
+
+def run_trials(tune_plan: TunePlan, study: Any, optuna: Any, handle: StudyHandle, count: int) -> list[Any]:
+    """Ask the study for ``count`` trials, run them as tasks of the command's executor, tell each outcome.
+
+    With the local executor they run one after the other in this process; with Ray, side by side.
+    """
+    from dcbench_tesla.executors import Task, current_executor
+
+    trials, tasks = [], []
+    for _ in range(count):
+        trial = study.ask()
+        params = {name: dim.suggest(trial) for name, dim in tune_plan.space.items()}
+        resume_from = trial.user_attrs.get("resume_from")
+        request = tune_plan.trial_request(trial.number, params, None, Path(resume_from) if resume_from else None)
+        if current_executor().remote:
+            request = dataclasses.replace(request, output=Path(request.output).absolute(), progress=False)
+        trial.set_user_attr("run_dir", str(request.output))
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        message = f"\n[trial {trial.number}] {shown}"
+        trials.append(trial)
+        tasks.append(
+            Task(f"trial-{trial.number}", trial_task, (tune_plan, handle, trial._trial_id, request),
+                 device=str(tune_plan.resolved.device), threads=request.threads, message=message)
+        )  # fmt: skip
+    frozen = []
+    try:
+        for outcome in current_executor().map(tasks, desc="trials", progress=False, log_dir=tune_plan.output / "logs"):
+            trial = trials[outcome.index]
+            result = outcome.result() if outcome.ok else {"state": "failed", "note": outcome.summary()}
+            frozen.append(_tell(study, optuna, trial, result))
+    except (Interrupted, KeyboardInterrupt):
+        for trial in trials:
+            if study.trials[trial.number].state == optuna.trial.TrialState.RUNNING:
+                trial.set_user_attr("interrupted", True)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    return frozen
+
+
+def _tell(study: Any, optuna: Any, trial: Any, result: dict[str, Any]) -> Any:
+    state = optuna.trial.TrialState
+    if result["state"] == "complete":
+        trial.set_user_attr("val_acc_std", result["std"])
+        return study.tell(trial, result["value"])
+    trial.set_user_attr("note", result["note"])
+    if result["state"] == "pruned":
+        return study.tell(trial, state=state.PRUNED)
+    print(f"[trial {trial.number}] failed ({result['note']})")
+    return study.tell(trial, state=state.FAIL)
 
 
 def tune(request: TuneRequest) -> dict[str, Any]:
@@ -424,9 +494,10 @@ def tune(request: TuneRequest) -> dict[str, Any]:
     output = tune_plan.output
     open_study_dir(tune_plan)
     with study_lock(output):
+        storage = f"sqlite:///{(output / 'study.db').resolve()}"
         study = optuna.create_study(
-            storage=f"sqlite:///{(output / 'study.db').resolve()}",
-            study_name="dcbench-tune",
+            storage=storage,
+            study_name=STUDY_NAME,
             direction="maximize",
             load_if_exists=True,
         )
@@ -439,15 +510,17 @@ def tune(request: TuneRequest) -> dict[str, Any]:
         )
         # no pruning on a trial's first report (a quarter of the way by default): too early to tell
         warmup = tune_plan.base.eval_every
-        study.pruner = optuna.pruners.MedianPruner(n_startup_trials=max(3, request.trials // 4), n_warmup_steps=warmup)
+        handle = StudyHandle(storage, max(3, request.trials // 4), warmup)
+        study.pruner = handle.load(optuna).pruner
         started, failures = time.monotonic(), 0
         try:
             while _finished(study, optuna) < request.trials:
                 if request.timeout_s is not None and time.monotonic() - started >= request.timeout_s:
                     print(f"--timeout {request.timeout_s:g} s reached: no further trial started")
                     break
-                frozen = run_trial(tune_plan, study, optuna)
-                failures = failures + 1 if frozen.state == optuna.trial.TrialState.FAIL else 0
+                count = min(request.parallel, request.trials - _finished(study, optuna))
+                for frozen in run_trials(tune_plan, study, optuna, handle, count):
+                    failures = failures + 1 if frozen.state == optuna.trial.TrialState.FAIL else 0
                 write_outputs(tune_plan, study, optuna)
                 if failures >= MAX_FAILURES_IN_A_ROW:
                     raise UserError(

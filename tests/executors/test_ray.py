@@ -191,3 +191,17 @@ def test_a_task_no_node_can_hold_is_refused_before_anything_is_submitted(ray_ins
         list(executor.map([Task("too-wide", os.getpid)]))
     with open_executor("ray", threads=1) as executor, pytest.raises(UserError, match="needing 1 CPU and 1 GPU"):
         list(executor.map([Task("needs-a-gpu", os.getpid, device="cuda")]))
+
+
+def test_tune_trials_run_side_by_side_through_ray(ray_instance, tmp_path):
+    out = tmp_path / "study"
+    common = [*"--method tesla --ipc 1 --iterations 2 --num-eval 1 --eval-epochs 2 --threads 1".split()]
+    common += [*"--set num_experts=1 --set expert_train_epochs=3 --set max_start_epoch=1 --set expert_epochs=1".split()]
+    args = ["tune", *common, "--space", "lr_img=1:1000:log", "--trials", "2", "--parallel", "2", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--output", str(out), "--executor", "ray"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 2 and set(trials["state"]) <= {"COMPLETE", "PRUNED"}
+    for number in (0, 1):
+        assert "finished" in (out / "logs" / f"trial-{number}.log").read_text()  # each ran as a Ray task
+    assert (out / "best.toml").is_file()
