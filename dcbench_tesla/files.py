@@ -166,6 +166,17 @@ def write_text_atomic(path: Path | str, text: str) -> None:
         tmp.write_bytes(data)
 
 
+def append_line(path: Path | str, line: str) -> None:
+    """Append ``line`` and a newline to a log file; a full disk or a forbidden place is a :func:`write_error`."""
+    path = Path(path)
+    data = (line + "\n").encode("utf-8")
+    try:
+        with open(path, "ab") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise write_error(path, exc, len(data)) from exc
+
+
 def write_json_atomic(path: Path | str, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -18,6 +18,7 @@ from dcbench_tesla.checks import non_finite
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.distiller import Distiller
 from dcbench_tesla.errors import DivergenceError, UserError
+from dcbench_tesla.files import append_line
 from dcbench_tesla.synthetic import SyntheticSet
 
 
@@ -141,8 +142,7 @@ class MetricsLog(Wrapper):
         extra = {"iteration": self.iteration, "elapsed_s": round(time.perf_counter() - self._start, 4)}
         info = merge_info(info, extra, "MetricsLog")
         record = {"event": event, **{k: _jsonable(v) for k, v in info.items()}}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
         return info
 
     def reset(self, dataset: Dataset, ipc: int, seed: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +39,11 @@ def test_pickles_are_refused_without_being_loaded(tmp_path):
     assert looks_like_pickle(path)
     with pytest.raises(UserError, match="never unpickles"):
         read_tensor_file(path, "test file")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full (writes fail with ENOSPC)")
+def test_a_log_line_on_a_full_disk_is_a_user_error_naming_the_file():
+    from dcbench_tesla.files import append_line
+
+    with pytest.raises(UserError, match=r"cannot write '/dev/full': no space left on the device \(2 B"):
+        append_line("/dev/full", "x")
