@@ -361,13 +361,18 @@ def learning_curves(run_dir: Path | str, path: Path | str) -> list[str]:
         panels.append(("learned step size", "syn_lr (student lr)", ["syn_lr"]))
     acc_keys = _accuracy_keys(records)
     if acc_keys:
-        panels.append(("evaluation", "test accuracy (%)", acc_keys))
+        split = "validation" if all(key.startswith("val") for key in acc_keys) else "test"
+        panels.append(("evaluation", f"{split} accuracy (%)", acc_keys))
 
     if not panels:
         return []
     title = _run_title(run_dir)
     elapsed = _number(steps[-1].get("elapsed_s")) if steps else None
-    title += f"\n{len(steps)} iterations" + (f" in {elapsed:.1f} s of distillation" if elapsed is not None else "")
+    if elapsed is not None:
+        monitoring = " and its monitoring evaluations" if acc_keys else ""
+        title += f"\n{len(steps)} iterations in {elapsed:.1f} s of distillation{monitoring}"
+    else:
+        title += f"\n{len(steps)} iterations"
     fig = _new_figure(760, 90 + 230 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     fig.suptitle(title, fontsize=10)
