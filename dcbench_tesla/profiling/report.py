@@ -330,7 +330,7 @@ def figure2(frame: pd.DataFrame, output: Path | str, log_y: bool = True) -> list
     Right: seconds per iteration, the mean with the min-max range of the measured iterations.
     Every method has its own marker and line style; steps are integer ticks.
     """
-    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
     output = Path(output)
     groups = _groups(frame)
@@ -363,8 +363,9 @@ def figure2(frame: pd.DataFrame, output: Path | str, log_y: bool = True) -> list
                 mem_ax.plot([], [], marker="x", mew=2.5, color="grey", linestyle="", label="out of memory / failed")
             if log_y and ok_values:
                 mem_ax.set_yscale("log")
+                mem_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
                 mem_ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-                mem_ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+                mem_ax.yaxis.set_minor_formatter(NullFormatter())
             else:
                 mem_ax.set_ylim(bottom=0, top=top * (1.3 if any_bad else 1.05))
             for ax in (mem_ax, time_ax):
