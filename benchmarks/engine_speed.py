@@ -295,6 +295,7 @@ def report(results: list[dict], store: dict | None, meta: dict, memory: list[dic
         f"Load average (1, 5, 15 min) before: {meta['load_before']} ; after: {meta['load_after']} ; "
         f"wall time of the run: {meta['run_s'] / 60:.1f} min  ",
         *([meta["rebuilt"] + "  "] if meta.get("rebuilt") else []),
+        *([meta["kept"] + "; the revision that measured each row is in the JSON  "] if meta.get("kept") else []),
         "Extra environment of both workers: "
         + (", ".join(f"`{k}={v}`" for k, v in meta["env"].items()) if meta["env"] else "none"),
         "",
@@ -305,8 +306,8 @@ def report(results: list[dict], store: dict | None, meta: dict, memory: list[dic
         "",
         "## One outer iteration",
         "",
-        "| shape | batch | T | engine | baseline s | today s | speed-up (per-round baseline/today) |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| shape | batch | T | engine | baseline s | today s | speed-up (per-round baseline/today) | today = |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
         for name in ENGINES:
@@ -315,7 +316,7 @@ def report(results: list[dict], store: dict | None, meta: dict, memory: list[dic
             speed = spread([o / n for o, n in zip(old, new, strict=True)]) if old else "n/a"
             lines.append(
                 f"| {r['shape']} | {r['batch']} | {r['steps']} | {LABEL[name]} | {spread(old) if old else 'n/a'} | "
-                f"{spread(new)} | {speed} |"
+                f"{spread(new)} | {speed} | `{r.get('today_rev', meta['today_rev'])}` |"
             )
     lines += [
         "",
@@ -441,6 +442,16 @@ def report(results: list[dict], store: dict | None, meta: dict, memory: list[dic
     return "\n".join(lines) + "\n"
 
 
+def kept_results(path: str, meta: dict[str, Any]) -> list[dict]:
+    """The configurations of an earlier run's JSON, each stamped with the revision that measured it."""
+    saved = json.loads(Path(path).read_text())
+    results = saved["results"]
+    for r in results:
+        r.setdefault("today_rev", saved["meta"]["today_rev"])
+    meta["kept"] = f"configurations reused from {path} (measured at {sorted({r['today_rev'] for r in results})})"
+    return results
+
+
 def main() -> None:
     """Parse arguments, run, write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -457,6 +468,11 @@ def main() -> None:
     )
     parser.add_argument("--memory-steps", default="10,40,100", help="T values of the snapshot-policy table ('')")
     parser.add_argument("--memory-batch", type=int, default=10, help="batch of the snapshot-policy table")
+    parser.add_argument(
+        "--keep",
+        default="",
+        help="reuse the configurations already measured in this JSON (each keeps its revision); measure the rest",
+    )
     parser.add_argument(
         "--from-json", default="", help="rebuild the report from this JSON (no timing) and add the memory table"
     )
@@ -504,7 +520,9 @@ def main() -> None:
         Path(args.output).write_text(report(results, store, meta, memory))
         print(f"wrote {args.output}")
         return
-    results = []
+    results = kept_results(args.keep, meta) if args.keep else []
+    done = {(r["shape"], r["batch"], r["steps"]) for r in results}
+    configs = [c for c in configs if c not in done]
     with tempfile.TemporaryDirectory(prefix="engine-speed-") as tmp:
         workers = {"today": Worker("today", ROOT, meta["env"])}
         if args.baseline:
@@ -513,6 +531,7 @@ def main() -> None:
             for shape, batch, steps in configs:
                 print(f"{shape} batch {batch} T {steps}", flush=True)
                 results.append(run_config(workers, shape, batch, steps, max(args.rounds, 1), args.reps))
+                results[-1]["today_rev"] = meta["today_rev"]
                 Path(args.output).with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}))
         finally:
             for w in workers.values():
