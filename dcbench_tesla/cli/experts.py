@@ -35,7 +35,10 @@ from dcbench_tesla.cli.common import (
     help="Experts to train (1..10000) [what the dataset's config cards read, else the dataset's default].",
 )
 @click.option(
-    "--epochs", type=EPOCHS, default=None, help="Training epochs per expert [50; read from the files with --import]."
+    "--epochs",
+    type=EPOCHS,
+    default=None,
+    help="Training epochs per expert [the cards', else 50; read from the files with --import].",
 )
 @click.option("--lr", type=EVAL_LR, default=None, help="SGD learning rate [the cards', else 0.01].")
 @click.option(
