@@ -7,9 +7,6 @@ import sys
 
 from dcbench_tesla.data import Dataset
 
-#: Until experts score on the validation split, training them inside a run reads the test split for the
-#: per-expert accuracy they record (dcbench_tesla/experts/training.py). Only that reader is let through.
-EXEMPT = ("experts/training.py",)
 
 
 class SpyDataset(Dataset):
@@ -48,16 +45,15 @@ def install(monkeypatch, log: list) -> None:
 
 
 def early_test_reads(log: list) -> list[list[str]]:
-    """Reads of the test split before the first final evaluation, except the exempt readers."""
+    """Reads of the test split before the first final evaluation (expert training included), with their callers."""
     early = []
     for event, files in log:
         if event == "final":
             break
-        if not any(f.endswith(exempt) for f in files for exempt in EXEMPT):
-            early.append(files)
+        early.append(files)
     return early
 
 
 def test_reads(log: list) -> list[list[str]]:
-    """Every read of the test split, except the exempt readers."""
-    return [files for event, files in log if event == "test" and not any(f.endswith(e) for f in files for e in EXEMPT)]
+    """Every read of the test split, with its callers."""
+    return [files for event, files in log if event == "test"]

@@ -85,11 +85,11 @@ def experts_command(
         store = train_experts(data, config, output, torch_device, progress=progress, notice=notice)
     else:
         store = ensure_experts(data, config, cache_dir, torch_device, notice=notice, progress=progress)
-    accuracies = store.test_accuracies()
+    accuracies = store.val_accuracies()
     summary = ""
     if accuracies:
         mean = sum(accuracies) / len(accuracies)
-        summary = f"; final test accuracy {100 * mean:.2f}% (mean of {len(accuracies)})"
+        summary = f"; final validation accuracy {100 * mean:.2f}% (mean of {len(accuracies)})"
     notice(f"{store.describe()}{summary}")
     return store
 

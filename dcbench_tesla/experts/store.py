@@ -8,7 +8,7 @@ A store directory holds:
   eps), the flat-parameter layout and where the experts came from (``origin``).
 - ``expert_0000.safetensors``, ``expert_0001.safetensors``, ...: tensor ``trajectory`` float32 of
   shape ``(epochs + 1, P)`` (row 0 = the initialisation, row ``e`` = after epoch ``e``) and JSON
-  metadata (index, seed, final test accuracy, store key, ...).
+  metadata (index, seed, final validation accuracy, store key, ...).
 
 The experts a store holds are the expert files present: an interrupted training run leaves the
 finished ones, and the next run trains only the missing ones. Every file is written atomically and
@@ -174,7 +174,8 @@ def validate_expert_metadata(meta: dict[str, Any], path: Path) -> dict[str, Any]
     """
     check_format(meta, path, "dcbench expert trajectory", EXPERT_FORMAT, FORMAT_VERSION)
     where = repr(str(path))
-    meta_field(meta, "test_accuracy", "a number in [0, 1] or null", lambda v: is_number(v) and 0 <= v <= 1, where, None)
+    for field in ("val_accuracy", "test_accuracy"):  # test_accuracy: stores written before the validation split
+        meta_field(meta, field, "a number in [0, 1] or null", lambda v: is_number(v) and 0 <= v <= 1, where, None)
     source = meta_field(meta, "source", "an object", is_object, where, None)
     if source is not None:
         inner = f"{where}, source"
@@ -448,9 +449,9 @@ class ExpertStore:
         path = self.expert_path(i)
         return validate_expert_metadata(read_tensor_file(path, what="expert trajectory", tensors=False)[1], path)
 
-    def test_accuracies(self) -> list[float]:
-        """Final test accuracy of every finished expert that recorded one."""
-        accs = (self.expert_metadata(i).get("test_accuracy") for i in range(self.num_experts))
+    def val_accuracies(self) -> list[float]:
+        """Final validation accuracy of every finished expert that recorded one."""
+        accs = (self.expert_metadata(i).get("val_accuracy") for i in range(self.num_experts))
         return [float(a) for a in accs if a is not None]
 
     # -- trajectories ------------------------------------------------------------------

@@ -71,7 +71,8 @@ def train_one_expert(
     """Train expert ``index`` of ``config`` on ``dataset`` (``on_epoch`` is called after every epoch).
 
     Returns:
-        The trajectory, float32 ``(epochs + 1, P)`` on the CPU, and the final test accuracy.
+        The trajectory, float32 ``(epochs + 1, P)`` on the CPU, and the final accuracy on the
+        validation split (None for a dataset without one): experts never read the test split.
 
     Raises:
         UserError: the training diverged (NaN or inf parameters).
@@ -101,7 +102,8 @@ def train_one_expert(
                 f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; lower --lr"
             )
         trajectory[epoch + 1] = snapshot
-    return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device)
+    has_val = dataset.val_labels is not None and dataset.val_labels.numel() > 0
+    return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device, split="val") if has_val else None
 
 
 def _expert_task(
@@ -111,7 +113,7 @@ def _expert_task(
     device: torch.device | str,
     on_epoch: Callable[[], None] | None = None,
 ) -> tuple[Tensor, float, float, int]:
-    """Expert ``index`` as an executor task: its trajectory, test accuracy, seconds and torch threads."""
+    """Expert ``index`` as an executor task: its trajectory, validation accuracy, seconds and torch threads."""
     start = time.perf_counter()
     trajectory, accuracy = train_one_expert(dataset, config, index, device_here(device), on_epoch=on_epoch)
     return trajectory, accuracy, time.perf_counter() - start, torch.get_num_threads()
@@ -223,7 +225,7 @@ def train_experts(
                 "seed": expert_seed(config.seed, index),
                 "epochs": config.epochs,
                 "num_params": num_params,
-                "test_accuracy": accuracy,
+                "val_accuracy": accuracy,
                 "train_time_s": round(seconds, 3),
                 "device": str(device),
                 "threads": threads,

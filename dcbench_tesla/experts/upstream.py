@@ -219,7 +219,7 @@ def import_upstream(
                     "seed": None,
                     "epochs": config.epochs,
                     "num_params": layout_numel(layout),
-                    "test_accuracy": None,
+                    "val_accuracy": None,
                     "source": {"file": path.name, "sha256": digest, "position": position},
                 },
             )

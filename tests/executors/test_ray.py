@@ -112,7 +112,7 @@ def test_experts_through_ray_are_bitwise_the_local_ones(ray_instance, digits, tm
     assert remote.num_experts == local.num_experts == 2
     for index in range(2):
         assert torch.equal(remote.trajectory(index), local.trajectory(index))
-    assert remote.test_accuracies() == local.test_accuracies()
+    assert remote.val_accuracies() == local.val_accuracies()
     assert sorted(p.name for p in (tmp_path / "ray" / "logs").iterdir()) == ["expert_0000.log", "expert_0001.log"]
 
 

@@ -59,7 +59,7 @@ def test_training_writes_manifest_and_expert_files(store, digits):
         assert traj.dtype == torch.float32 and traj.shape == (3, num_params)
         assert not torch.equal(traj[0], traj[1]) and not torch.equal(traj[1], traj[2])
         meta = store.expert_metadata(i)
-        assert meta["index"] == i and 0.0 <= meta["test_accuracy"] <= 1.0 and isinstance(meta["seed"], int)
+        assert meta["index"] == i and 0.0 <= meta["val_accuracy"] <= 1.0 and isinstance(meta["seed"], int)
     assert not torch.equal(store.trajectory(0)[0], store.trajectory(1)[0])  # different initialisations
 
     tensors, meta = read_tensor_file(store.directory / MANIFEST, what="manifest")

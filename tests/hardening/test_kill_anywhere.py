@@ -128,7 +128,7 @@ class ExpertsSurface(Surface):
         (directory,) = (self.root / "cache" / "experts").iterdir()
         store = ExpertStore.open(directory)
         trajectories = [store.trajectory(i) for i in range(store.num_experts)]
-        return {"trajectories": trajectories, "accuracies": store.test_accuracies(), "manifest": store.metadata}
+        return {"trajectories": trajectories, "accuracies": store.val_accuracies(), "manifest": store.metadata}
 
 
 class ProfileSurface(Surface):
