@@ -8,7 +8,6 @@ import sys
 from dcbench_tesla.data import Dataset
 
 
-
 class SpyDataset(Dataset):
     """A :class:`Dataset` whose ``test_images`` / ``test_labels`` reads are appended to ``log``."""
 
