@@ -1,4 +1,4 @@
-"""``dcbench ls``: what each registry holds (methods, datasets, models, engines, protocols)."""
+"""``dcbench ls``: what each registry holds (methods, datasets, models, engines, protocols), presets and cards."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Memory and time profiling of distillers: one point per fresh process, sweeps, NVML, tables and figures."""
