@@ -1,29 +1,27 @@
 #!/usr/bin/env bash
-# Re-derive the digits config cards on the validation split with `dcbench tune` (issue 10, item 5).
+# Re-derive the digits config cards on the validation split with `dcbench tune` (the studies behind
+# the digits cards of methods/trajectory_matching.py and methods/dm.py; their outputs are committed
+# under reports/tunes/).
 #
-# One study per (method, IPC) under $OUT/<method>-ipc<N>/ (a re-run continues each study; --trials
-# counts finished trials). Each study writes best.toml; copy its values into the method's digits
-# cards (methods/trajectory_matching.py `_digits_cards`, methods/dm.py) with a `source` naming the
-# study and its budget, then regenerate reports/bench-digits with those cards:
-#     dcbench bench --methods random,mtt,tesla,tesla-exact,dm --dataset digits --ipc 1,10 \
-#                   --num-eval 5 --threads 1 --no-progress --output reports/bench-digits --overwrite
-# and the soft-label TESLA cell the issue asks for (the honest comparison with the same-rule baseline):
-#     dcbench run --method tesla --dataset digits --ipc 1 --set labels=sla --num-eval 5 --output runs/tesla-sla-ipc1
+# One study per (method, IPC) under $OUT/<study>/ (a rerun continues each study; --trials counts
+# finished trials). The trajectory-matching card of an IPC is shared by mtt, tesla and tesla-exact:
+# it is tuned once, with tesla. Each study writes best.toml; its values go into the cards with a
+# `source` naming the study and its budget; then regenerate the reports as the README's "Results on
+# the embedded digits" says.
 #
-# Budget (measured on the 2-core CPU build machine, loaded, nice 15, one thread): one tesla IPC 1 trial at the
-# current card (200 iterations, 20 steps) took 316 s plus 106 s for the 5 experts of a new lr_teacher
-# (each lr_teacher value trains its own experts once; the default space has three). 20 trials of one
-# cell: about 1.5-2 h there (pruning shortens it); a quiet machine runs the same iterations ~3x faster.
+# Budget as run for the committed cards (2-core CPU machine, one torch thread per study, two studies
+# side by side under nice 19): tesla IPC 1, 20 trials (11 pruned): 37.7 min of trial time; tesla IPC 10,
+# 6 trials (~6 min each); dm IPC 1, 4 trials, and dm IPC 10, 2 trials (~9 min each: 1000 iterations).
 #
-# Usage: OUT=runs/tune-digits TRIALS=20 bash benchmarks/retune_digits.sh
+# Usage: OUT=runs/tune-digits bash benchmarks/retune_digits.sh
 set -euo pipefail
 
 OUT=${OUT:-runs/tune-digits}
-TRIALS=${TRIALS:-20}
-COMMON=(--dataset digits --trials "$TRIALS" --num-eval 2 --threads 1 --no-progress)
+COMMON=(--dataset digits --num-eval 2 --threads 1 --no-progress)
+TM_SPACE=(--space lr_img=10:1000:log --space lr_lr=1e-6:1e-4:log --space syn_steps=5:15
+          --space max_start_epoch=2:6 --space expert_epochs=1:2)
 
-for ipc in 1 10; do
-  for method in mtt tesla tesla-exact dm; do
-    dcbench tune --method "$method" --ipc "$ipc" "${COMMON[@]}" --output "$OUT/$method-ipc$ipc"
-  done
-done
+dcbench tune --method tesla --ipc 1 --trials 20 "${COMMON[@]}" "${TM_SPACE[@]}" --output "$OUT/tesla-ipc1"
+dcbench tune --method tesla --ipc 10 --trials 6 "${COMMON[@]}" "${TM_SPACE[@]}" --output "$OUT/tesla-ipc10"
+dcbench tune --method dm --ipc 1 --trials 4 "${COMMON[@]}" --space lr_img=0.3:30:log --output "$OUT/dm-ipc1"
+dcbench tune --method dm --ipc 10 --trials 2 "${COMMON[@]}" --space lr_img=0.3:30:log --output "$OUT/dm-ipc10"
