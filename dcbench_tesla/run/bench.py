@@ -309,7 +309,7 @@ def open_bench_dir(bench_plan: BenchPlan, request: BenchRequest) -> None:
     ensure_writable_dir(output)
     if request.overwrite:
         for cell in bench_plan.cells:
-            cell.rundir.result.unlink(missing_ok=True)
+            cell.rundir.discard()  # a checkpoint of the old request must not be resumed either
         for name in DERIVED_FILES:
             (output / name).unlink(missing_ok=True)
     if old is None or old.get("request") != bench_plan.identity or request.overwrite:

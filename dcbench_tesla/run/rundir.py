@@ -336,6 +336,11 @@ class RunDir:
             (self.path / name).unlink(missing_ok=True)
         remove_stale_temporaries(self.path)
 
+    def discard(self) -> None:
+        """Remove every run file (result, set, checkpoint, config, metrics): nothing of an old run is resumed."""
+        for name in self.FILES:
+            (self.path / name).unlink(missing_ok=True)
+
     def close(self) -> None:
         """Release the directory's lock (it is also released when the process exits)."""
         self.lock.release()

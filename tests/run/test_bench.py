@@ -168,6 +168,26 @@ def test_an_interrupted_cell_with_a_checkpoint_is_resumed_not_restarted(tmp_path
     assert seen == [(True, False)]
 
 
+def test_overwrite_discards_a_cells_checkpoint_instead_of_resuming_it(tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    run_bench([STUB], "digits", [1], None, out, **TINY)
+    cell = out / "cells" / f"{STUB}-ipc1"
+    (cell / RunDir.CHECKPOINT).write_bytes(b"placeholder: a checkpoint of what the cell ran before")
+    seen = []
+
+    class Stop(Exception):
+        """Raised by the fake run once it has recorded its request."""
+
+    def fake_run(run):
+        seen.append((run.resumes, sorted(p.name for p in cell.iterdir())))
+        raise Stop
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    with pytest.raises(Stop):
+        run_bench([STUB], "digits", [1], None, out, overwrite=True, **TINY)
+    assert seen == [(False, [])]  # nothing of the old cell is left to resume or to read back
+
+
 KILLABLE = """
 import sys
 from dcbench_tesla.cli.bench import bench_command
