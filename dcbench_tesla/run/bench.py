@@ -423,7 +423,8 @@ def run_cells(bench_plan: BenchPlan) -> dict[str, dict[str, Any]]:
             state = "interrupted earlier, resuming from its checkpoint"
             run = run.for_resume()
         else:
-            state = "interrupted earlier, computing again" if cell.rundir.path.is_dir() else "computing"
+            started = cell.rundir.path.is_dir() and any(cell.rundir.path.iterdir())
+            state = "interrupted earlier, computing again" if started else "computing"
         run = _for_worker(run) if executor.remote else run
         message = f"[{index}/{total}] {cell.name}: {state}"
         tasks.append(
