@@ -115,6 +115,11 @@ class Dataset:
         c, h, w = self.train_images.shape[1:]
         return int(c), int(h), int(w)
 
+    @property
+    def has_validation(self) -> bool:
+        """Whether the dataset holds a non-empty validation split."""
+        return self.val_images is not None and self.val_labels is not None and self.val_labels.numel() > 0
+
     def indices_of_class(self, label: int) -> Tensor:
         """Indices into the training split of every image with ``label``."""
         if label not in self._class_index:
@@ -135,7 +140,7 @@ class Dataset:
             return self.test_images, self.test_labels
         if name != "val":
             raise UserError(f"unknown split {name!r}: expected 'train', 'val' or 'test'")
-        if self.val_images is None or self.val_labels is None or self.val_labels.numel() == 0:
+        if not self.has_validation:
             raise UserError(
                 f"dataset {self.name!r} has no validation images (its training classes are too small to hold "
                 "any out, or it was built without build_dataset)"

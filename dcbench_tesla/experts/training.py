@@ -102,8 +102,9 @@ def train_one_expert(
                 f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; lower --lr"
             )
         trajectory[epoch + 1] = snapshot
-    has_val = dataset.val_labels is not None and dataset.val_labels.numel() > 0
-    return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device, split="val") if has_val else None
+    if not dataset.has_validation:
+        return trajectory, None
+    return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device, split="val")
 
 
 def _expert_task(

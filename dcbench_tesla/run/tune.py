@@ -418,7 +418,7 @@ def trial_task(tune_plan: TunePlan, handle: StudyHandle, trial_id: int, request:
         record = runner.run(resolve(dataclasses.replace(request, on_eval=report)))
     except optuna.TrialPruned as exc:
         return {"state": "pruned", "note": str(exc)}
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt):  # before UserError (Interrupted is one): the driver handles it
         raise
     except UserError as exc:  # a setting that diverges or that the method refuses: a failed trial
         kind = "diverged" if isinstance(exc, DivergenceError) else "refused"

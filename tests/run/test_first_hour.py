@@ -72,6 +72,11 @@ def test_the_random_baseline_is_trained_with_the_protocols_lr(tmp_path):
     assert not (out / "checkpoint.safetensors").exists()  # a finished run keeps its result and set
 
 
+def _default_ctrl_c():
+    """In the child: Python's default SIGINT handler (an xdist worker ignores SIGINT, and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _experts_done(cache):
     return len(list(cache.rglob("expert_*.safetensors")))
 
@@ -83,10 +88,8 @@ def test_ctrl_c_during_expert_training_then_resume_continues_the_experts_and_the
     args += ["--set", "num_experts=3", "--set", "expert_train_epochs=3", "--set", "max_start_epoch=1"]
     args += ["--set", "expert_epochs=1", "--set", "syn_steps=2", "--iterations", "2", *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DCBENCH_CACHE": str(cache)}
-    # an xdist worker ignores SIGINT and a child inherits that: give the run Python's default Ctrl-C
-    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_ctrl_c
     )
     deadline = time.monotonic() + 240
     while _experts_done(cache) < 1:
