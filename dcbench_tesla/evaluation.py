@@ -5,6 +5,11 @@ weight decay 5e-4), batch 256, ``epochs`` epochs with the lr decayed x0.1 at hal
 DSA augmentation on training batches, none at test. Report mean and (population)
 standard deviation of the final accuracy on the scored split: the test split for a run's final
 report, the validation split for ``--eval-every`` and ``dcbench tune``. Never selects on the test set.
+
+Where each SGD step sees few images (IPC 1 on small data), the K models of an architecture train
+together in one batched pass (:func:`train_and_test_together`, ``torch.func.vmap`` over their
+stacked parameters): the same models, batches and augmentations as one after another, faster
+where per-step overhead dominates (see :data:`TOGETHER_MAX_STEP_IMAGES`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dcbench_tesla.data.dataset import Split
 from dcbench_tesla.executors import EVALUATION_GPU_FRACTION, Task, current_executor, device_here
 from dcbench_tesla.files import write_json_atomic
 from dcbench_tesla.models import build_model
+from dcbench_tesla.models.flat import FlatParams
 from dcbench_tesla.protocols import EvaluationProtocol
 
 
@@ -85,11 +91,38 @@ def format_accuracy(result: ArchitectureResult) -> str:
     return f"{100 * result.mean:.2f} ± {100 * result.std:.2f}"
 
 
+#: Most images per SGD step (``min(N, batch_size)``) at which the K models of an architecture train
+#: together (:func:`train_and_test_together`); above it, one after another. Measured on the 2-core CPU
+#: machine at one thread (``python benchmarks/batched_evaluation.py`` -> ``reports/batched-evaluation.md``):
+#: together is faster at 10 images per step and slower at 100 (dense convolutions beat vmap's grouped ones).
+TOGETHER_MAX_STEP_IMAGES = 32
+
+
 def _model_seed(seed: int, model_index: int) -> int:
     return (seed * 1_000_003 + model_index * 7919) % (2**31)
 
 
-def train_and_test(
+def _fresh_model(model_name: str, dataset: Dataset, seed: int, device: torch.device) -> torch.nn.Module:
+    """A freshly initialised model of ``model_name`` for ``dataset``, its initialisation drawn from ``seed``."""
+    c, h, _ = dataset.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model_name, channels=c, num_classes=dataset.num_classes, image_size=h).to(device)
+
+
+def trains_together(model_name: str, dataset: Dataset, protocol: EvaluationProtocol, num_images: int) -> bool:
+    """Whether :func:`evaluate_images` trains the K models of ``model_name`` on ``num_images`` together.
+
+    True when the model has a functional forward ``vmap`` can batch (no running statistics) and each
+    step sees at most :data:`TOGETHER_MAX_STEP_IMAGES` images.
+    """
+    if protocol.num_models < 2 or min(num_images, protocol.batch_size) > TOGETHER_MAX_STEP_IMAGES:
+        return False
+    probe = _fresh_model(model_name, dataset, 0, torch.device("cpu"))
+    return FlatParams(probe, mode="functional").forward_mode == "functional"
+
+
+def train_model(
     model_name: str,
     images: Tensor,
     labels: Tensor,
@@ -99,27 +132,22 @@ def train_and_test(
     seed: int,
     device: torch.device,
     on_epoch: Callable[[], None] | None = None,
-    split: Split = "test",
-) -> float:
-    """Train one fresh model on ``images``/``labels``; return its final accuracy on ``split``.
+) -> torch.nn.Module:
+    """Train one fresh model on ``images``/``labels`` with the protocol; return it.
 
     Args:
         model_name: Model registry name.
         images: (N, C, H, W) model inputs.
         labels: (N,) class indices or (N, K) probabilities (soft labels).
-        dataset: Supplies the scored split and the class count.
+        dataset: Supplies the image shape and the class count.
         lr: Initial learning rate.
         protocol: Evaluation settings.
         seed: Seeds model initialisation, batch order and augmentation.
         device: Where to train (inside a remote task: as its worker sees it, see ``device_here``).
         on_epoch: Called after every epoch (progress reporting).
-        split: The split scored: "test" (a run's final report) or "val" (monitoring and tuning).
     """
     device = device_here(device)
-    c, h, _ = dataset.image_shape
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(model_name, channels=c, num_classes=dataset.num_classes, image_size=h).to(device)
+    model = _fresh_model(model_name, dataset, seed, device)
     generator = torch.Generator().manual_seed(seed)
     augment = DSA(protocol.dsa_strategy)
     optimizer = torch.optim.SGD(
@@ -135,7 +163,7 @@ def train_and_test(
         train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
         if on_epoch is not None:
             on_epoch()
-    return test_accuracy(model, dataset, protocol.test_batch_size, device, split=split)
+    return model
 
 
 def train_one_epoch(
@@ -155,13 +183,104 @@ def train_one_epoch(
     """
     order = torch.randperm(images.shape[0], generator=generator)
     for start in range(0, images.shape[0], batch_size):
-        index = order[start : start + batch_size].to(images.device)
-        x, y = images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
-        batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        loss = F.cross_entropy(model(augment(x, seed=batch_seed)), y)
+        x, y = _augmented_batch(images, labels, order[start : start + batch_size], augment, generator, device)
+        loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def _augmented_batch(
+    images: Tensor, labels: Tensor, index: Tensor, augment: DSA, generator: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The batch ``index`` of ``images``/``labels`` on ``device``, augmented with the next seed of ``generator``."""
+    index = index.to(images.device)
+    x, y = images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+    batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return augment(x, seed=batch_seed), y
+
+
+def train_models_together(
+    model_name: str,
+    images: Tensor,
+    labels: Tensor,
+    dataset: Dataset,
+    lr: float,
+    protocol: EvaluationProtocol,
+    seeds: list[int],
+    device: torch.device,
+    on_epoch: Callable[[], None] | None = None,
+) -> list[torch.nn.Module]:
+    """:func:`train_model` for every seed in one batched pass; the trained models.
+
+    The same initialisations, batch orders and augmentations as :func:`train_model` with each
+    seed; the K gradients come from one ``torch.func.vmap`` over the models' stacked flat parameters,
+    and the update is ``torch.optim.SGD``'s (momentum, weight decay, no dampening) on all of them at
+    once. The models agree with one-after-another training to float round-off (the tests compare
+    their parameters). ``on_epoch`` is called once per model and epoch.
+
+    Raises:
+        ValueError: ``model_name`` has no functional forward ``vmap`` can batch (see :func:`trains_together`).
+    """
+    device = device_here(device)
+    models = [_fresh_model(model_name, dataset, seed, device) for seed in seeds]
+    flat = FlatParams(models[0], mode="functional")
+    if flat.forward_mode != "functional":
+        raise ValueError(f"{model_name} cannot train together: {flat.forward_note}")
+    weights = torch.stack([flat.flatten(model) for model in models])
+    velocity = torch.zeros_like(weights)
+    gradients = torch.func.vmap(torch.func.grad(lambda w, x, y: F.cross_entropy(flat(w, x), y)))
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    augment = DSA(protocol.dsa_strategy)
+    images, labels = images.to(device), labels.to(device)
+    step_lr, decay_epoch = lr, math.floor(protocol.epochs * protocol.decay_at)
+    for epoch in range(protocol.epochs):
+        if epoch == decay_epoch:
+            step_lr *= 0.1
+        orders = [torch.randperm(images.shape[0], generator=generator) for generator in generators]
+        for start in range(0, images.shape[0], protocol.batch_size):
+            batches = [
+                _augmented_batch(images, labels, order[start : start + protocol.batch_size], augment, generator, device)
+                for order, generator in zip(orders, generators, strict=True)
+            ]
+            grads = gradients(weights, torch.stack([x for x, _ in batches]), torch.stack([y for _, y in batches]))
+            with torch.no_grad():
+                velocity.mul_(protocol.momentum).add_(grads).add_(weights, alpha=protocol.weight_decay)
+                weights.sub_(velocity, alpha=step_lr)
+        if on_epoch is not None:
+            for _ in seeds:
+                on_epoch()
+    for model, w in zip(models, weights, strict=True):
+        flat.assign(w, model)
+    return models
+
+
+def train_models(
+    model_name: str,
+    images: Tensor,
+    labels: Tensor,
+    dataset: Dataset,
+    lr: float,
+    protocol: EvaluationProtocol,
+    seeds: list[int],
+    device: torch.device,
+    on_epoch: Callable[[], None] | None = None,
+    split: Split = "test",
+    together: bool = False,
+) -> list[float]:
+    """One evaluation task: a fresh model per seed, trained together or one after another.
+
+    Returns:
+        Each model's accuracy on ``split``: "test" for a run's final report, "val" for monitoring and tuning.
+    """
+    device = device_here(device)
+    if together:
+        models = train_models_together(model_name, images, labels, dataset, lr, protocol, seeds, device, on_epoch)
+    else:
+        models = [
+            train_model(model_name, images, labels, dataset, lr, protocol, seed, device, on_epoch) for seed in seeds
+        ]
+    return [test_accuracy(model, dataset, protocol.test_batch_size, device, split=split) for model in models]
 
 
 @torch.no_grad()
@@ -222,28 +341,38 @@ def evaluate_images(
     # a remote task gets the data without the training pool; the local executor uses it as it is
     view = _evaluation_view(dataset) if executor.remote else dataset
     shared = (executor.share(images), executor.share(labels), executor.share(view, key=dataset))
+    plan = [
+        (model_name, group) for model_name in models for group in _model_groups(model_name, dataset, protocol, images)
+    ]
     tasks = [
         Task(
-            name=f"{label.replace(' ', '-')}-{model_name}-{k}",
-            fn=train_and_test,
-            args=(model_name, *shared, lr, protocol, _model_seed(seed, k), device),
-            kwargs={"split": split},
+            name=f"{label.replace(' ', '-')}-{model_name}-{'-'.join(map(str, group))}",
+            fn=train_models,
+            args=(model_name, *shared, lr, protocol, [_model_seed(seed, k) for k in group], device),
+            kwargs={"split": split, "together": len(group) > 1},
             device=str(device),
             gpu_fraction=EVALUATION_GPU_FRACTION,
-            units=protocol.epochs,
+            units=protocol.epochs * len(group),
             on_unit="on_epoch",
         )
-        for model_name in models
-        for k in range(protocol.num_models)
+        for model_name, group in plan
     ]
-    accuracies: list[float] = [math.nan] * len(tasks)
+    per_task: list[list[float]] = [[] for _ in tasks]
     for outcome in executor.map(tasks, desc=label, progress=progress, unit="epoch"):
-        accuracies[outcome.index] = float(outcome.result())
+        per_task[outcome.index] = [float(a) for a in outcome.result()]
     result = EvaluationResult(protocol=protocol, seed=seed, split=split)
-    for position, model_name in enumerate(models):
-        per_model = accuracies[position * protocol.num_models : (position + 1) * protocol.num_models]
-        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=per_model, lr=lr)
+    for model_name in models:
+        accuracies = [
+            a for (owner, _), values in zip(plan, per_task, strict=True) if owner == model_name for a in values
+        ]
+        result.by_model[model_name] = ArchitectureResult(model=model_name, accuracies=accuracies, lr=lr)
     return result
+
+
+def _model_groups(model_name: str, dataset: Dataset, protocol: EvaluationProtocol, images: Tensor) -> list[list[int]]:
+    """The model indices of each evaluation task of ``model_name``: all K in one, or one per task."""
+    indices = list(range(protocol.num_models))
+    return [indices] if trains_together(model_name, dataset, protocol, images.shape[0]) else [[k] for k in indices]
 
 
 def random_real_subset(dataset: Dataset, ipc: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -45,6 +45,16 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)}")
 
 
+def group_norm(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """``F.group_norm`` through ``torch.native_group_norm``, which also runs under ``torch.func.vmap``.
+
+    ``F.group_norm`` asks its input for a memory format, which ``vmap`` does not support; the
+    native operator computes the same values and derivatives of any order.
+    """
+    n, c, h, w = x.shape
+    return torch.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)[0]
+
+
 def make_activation(act: str) -> nn.Module:
     """Activation module; ``"softplus"``, ``"tanh"``, ``"gelu"`` and ``"sigmoid"`` are smooth.
 
@@ -204,7 +214,7 @@ class ConvNet(nn.Module):
                 if fuse_norm:
                     h = instance_norm_relu(h, weight, bias, module.eps)
                 else:
-                    h = _activation(self.act, F.group_norm(h, module.num_groups, weight, bias, module.eps))
+                    h = _activation(self.act, group_norm(h, module.num_groups, weight, bias, module.eps))
             else:
                 h = _activation(self.act, h)
             if pooled:
