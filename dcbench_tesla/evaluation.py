@@ -329,8 +329,9 @@ def evaluate_images(
     """Train ``protocol.num_models`` fresh models of each architecture and score them on ``split``.
 
     Every model is one task of the command's executor (:mod:`dcbench_tesla.executors`), seeded
-    from ``(seed, k)``; the set and the test split are shared with the tasks once, not per task.
-    On CUDA a model asks for :data:`~dcbench_tesla.executors.EVALUATION_GPU_FRACTION` of a GPU.
+    from ``(seed, k)``, or the K models of an architecture are one task where they train together
+    (:func:`trains_together`); the set and the test split are shared with the tasks once, not per task.
+    On CUDA a task asks for :data:`~dcbench_tesla.executors.EVALUATION_GPU_FRACTION` of a GPU.
     With ``progress``, one bar counts epochs over every model (locally an honest ETA from the
     first epoch on; on a cluster a model's epochs count when it completes).
 

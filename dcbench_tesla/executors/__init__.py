@@ -5,7 +5,8 @@ Exactly four places fan out, and each hands its tasks to the command's executor:
 - ``experts/training.py`` ``train_experts``: one task per missing expert;
 - ``run/bench.py`` ``run_cells``: one task per cell still to compute (a normal run);
 - ``profiling/sweep.py`` ``run_sweep``: one task per point (each still measures in a fresh process);
-- ``evaluation.py`` ``evaluate_images``: one task per (architecture, model index).
+- ``evaluation.py`` ``evaluate_images``: one task per (architecture, model index), or one per
+  architecture where its models train together.
 
 Each builds :class:`Task` objects and iterates ``current_executor().map(tasks)``, which yields an
 :class:`Outcome` per task as it completes; the caller writes every result atomically as it
