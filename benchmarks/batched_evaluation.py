@@ -10,7 +10,7 @@ the load average before and after.
 
 Usage::
 
-    python benchmarks/batched_evaluation.py [--threads 1] [--epochs 60] [--rounds 3] [--ipcs 1,2,3,5,10]
+    python benchmarks/batched_evaluation.py [--threads 1,2] [--epochs 60] [--rounds 3] [--ipcs 1,2,3,5,10]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from dcbench_tesla.files import write_text_atomic
 from dcbench_tesla.protocols import protocol_for
 
 
-def measure(ipc: int, epochs: int, rounds: int) -> dict[str, float]:
-    """Wall times of both ways for one IPC, interleaved, and their largest accuracy difference."""
+def measure(ipc: int, epochs: int, rounds: int, threads: int) -> dict[str, float]:
+    """Both ways for one IPC at ``threads`` torch threads, interleaved: wall times and largest accuracy difference."""
+    torch.set_num_threads(threads)
     digits = load_dataset("digits")
     protocol = protocol_for("digits", epochs=epochs)
     images, labels = random_real_subset(digits, ipc, seed=0)
@@ -53,6 +54,7 @@ def measure(ipc: int, epochs: int, rounds: int) -> dict[str, float]:
             walls[together].append(time.perf_counter() - start)
     ratios = [alone / together for alone, together in zip(walls[False], walls[True], strict=True)]
     return {
+        "threads": threads,
         "ipc": ipc,
         "step_images": min(images.shape[0], protocol.batch_size),
         "alone_s": statistics.median(walls[False]),
@@ -71,18 +73,20 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, load: tuple[f
         "# Evaluation models trained together (vmap) vs one after another",
         "",
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
-        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s); load average {load[0]:.2f} before, {load[1]:.2f} after.",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"load average {load[0]:.2f} before, {load[1]:.2f} after.",
         f"Digits, ConvNet, {rows[0]['models']} models x {args.epochs} epochs each way, {args.rounds} interleaved "
         "rounds; ratio = one-after-another wall / together wall (median, min-max over the rounds).",
         f"The harness trains together up to {TOGETHER_MAX_STEP_IMAGES} images per step.",
         "",
-        "| IPC | images per step | one after another (s) | together (s) | ratio (min-max) | max accuracy diff |",
-        "|---:|---:|---:|---:|---|---:|",
+        "| torch threads | IPC | images per step | one after another (s) | together (s) | ratio (min-max) "
+        "| max accuracy diff |",
+        "|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['ipc']} | {row['step_images']} | {row['alone_s']:.2f} | {row['together_s']:.2f} | "
+            f"| {row['threads']} | {row['ipc']} | {row['step_images']} | "
+            f"{row['alone_s']:.2f} | {row['together_s']:.2f} | "
             f"{row['ratio']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) | "
             f"{100 * row['max_acc_diff']:.2f} pts |"
         )
@@ -92,17 +96,17 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, load: tuple[f
 def main() -> None:
     """Measure every IPC and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", default="1", help="comma-separated torch thread counts, e.g. 1,2")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ipcs", default="1,2,3,5,10")
     parser.add_argument("--output", default="reports/batched-evaluation.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     before = os.getloadavg()[0]
     rows = []
-    for ipc in (int(v) for v in args.ipcs.split(",")):
-        rows.append(measure(ipc, args.epochs, args.rounds))
+    for threads in (int(v) for v in args.threads.split(",")):
+        for ipc in (int(v) for v in args.ipcs.split(",")):
+            rows.append(measure(ipc, args.epochs, args.rounds, threads))
         print(rows[-1], flush=True)
     text = report(rows, args, (before, os.getloadavg()[0]))
     write_text_atomic(Path(args.output), text)

@@ -76,7 +76,9 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], ca
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{args.threads} torch thread(s). Each cell: the mean validation accuracy of {args.num_eval} ConvNets "
-        "trained on the set one seed distils; the test split is not read.",
+        "trained on the set one seed distils; the test split is not read. Run time: the mean of the runs' phase "
+        "times (load, set-up, distillation, evaluation); a candidate's first run also trains its experts when the "
+        "cache lacks them.",
         "",
         "| candidate | options | " + " | ".join(f"seed {s}" for s in args.seed_list) + " | mean | run time (s) |",
         "|---|---|" + "---:|" * (len(args.seed_list) + 2),

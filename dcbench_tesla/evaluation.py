@@ -7,9 +7,9 @@ standard deviation of the final accuracy on the scored split: the test split for
 report, the validation split for ``--eval-every`` and ``dcbench tune``. Never selects on the test set.
 
 Where each SGD step sees few images (IPC 1 on small data), the K models of an architecture train
-together in one batched pass (:func:`train_and_test_together`, ``torch.func.vmap`` over their
-stacked parameters): the same models, batches and augmentations as one after another, faster
-where per-step overhead dominates (see :data:`TOGETHER_MAX_STEP_IMAGES`).
+together in one batched pass (:func:`train_models_together`, ``torch.func.vmap`` over their
+stacked parameters): the same models, batches and augmentations as one after another, a little
+faster where per-step overhead dominates (see :data:`TOGETHER_MAX_STEP_IMAGES`).
 """
 
 from __future__ import annotations
@@ -92,10 +92,11 @@ def format_accuracy(result: ArchitectureResult) -> str:
 
 
 #: Most images per SGD step (``min(N, batch_size)``) at which the K models of an architecture train
-#: together (:func:`train_and_test_together`); above it, one after another. Measured on the 2-core CPU
-#: machine at one thread (``python benchmarks/batched_evaluation.py`` -> ``reports/batched-evaluation.md``):
-#: together is faster at 10 images per step and slower at 100 (dense convolutions beat vmap's grouped ones).
-TOGETHER_MAX_STEP_IMAGES = 32
+#: together (:func:`train_models_together`); above it, one after another. Measured on the 2-core CPU
+#: machine (``python benchmarks/batched_evaluation.py --threads 1,2`` -> ``reports/batched-evaluation.md``):
+#: a modest gain at 10 and 20 images per step (medians 1.04-1.33x), mixed at 30 and 50, a loss at 100 (vmap's
+#: grouped convolutions against dense ones). On a GPU, where small steps are launch-bound, not measured.
+TOGETHER_MAX_STEP_IMAGES = 20
 
 
 def _model_seed(seed: int, model_index: int) -> int:
