@@ -25,3 +25,12 @@ dcbench tune --method tesla --ipc 1 --trials 20 "${COMMON[@]}" "${TM_SPACE[@]}" 
 dcbench tune --method tesla --ipc 10 --trials 6 "${COMMON[@]}" "${TM_SPACE[@]}" --output "$OUT/tesla-ipc10"
 dcbench tune --method dm --ipc 1 --trials 4 "${COMMON[@]}" --space lr_img=0.3:30:log --output "$OUT/dm-ipc1"
 dcbench tune --method dm --ipc 10 --trials 2 "${COMMON[@]}" --space lr_img=0.3:30:log --output "$OUT/dm-ipc10"
+
+# Checks made after these studies (they did not change the cards; outputs under reports/tunes/):
+# the run budget of the IPC-1 card (12 trials, each scored by 5 ConvNets), and a few finished candidates
+# with three seeds each on validation (the pre-retune settings win by 1.6 points at ~3.6x the cost).
+#   dcbench tune --method tesla --ipc 1 --trials 12 --num-eval 5 --threads 1 --no-progress \
+#       --space iterations=100,150,200,300 --space num_experts=3,5,8 --output "$OUT/tesla-ipc1-budget"
+#   python benchmarks/cards_on_validation.py --method tesla --ipc 1 --seeds 0,1,2 --num-eval 5 --threads 1 \
+#       --candidate card= --candidate old=iterations=200,num_experts=5,expert_train_epochs=15,expert_epochs=2,max_start_epoch=10,syn_steps=20,lr_img=100 \
+#       --output reports/tunes/tesla-ipc1-candidates.md   # the full candidate list is in that report's header
