@@ -24,6 +24,7 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ def candidate(text: str) -> tuple[str, dict[str, str]]:
     return name, {key: value for key, value in pairs}
 
 
-def score(args: argparse.Namespace, name: str, options: dict[str, str], seed: int) -> dict[str, float]:
+def score(args: argparse.Namespace, name: str, options: dict[str, str], seed: int) -> dict[str, Any]:
     """One run of a candidate with one seed, scored on validation."""
     request = RunRequest(
         method=args.method,
@@ -62,20 +63,19 @@ def score(args: argparse.Namespace, name: str, options: dict[str, str], seed: in
         record = json.loads(finished.read_text(encoding="utf-8"))
     else:
         record = run(request)
-    return {
-        "val_acc": record["evaluation"]["by_model"]["convnet"]["mean"],
-        "wall_s": sum(record["provenance"]["phase_seconds"].values()),
-    }
+    model, result = next(iter(record["evaluation"]["by_model"].items()))  # the dataset's first evaluation model
+    return {"model": model, "val_acc": result["mean"], "wall_s": sum(record["provenance"]["phase_seconds"].values())}
 
 
-def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], candidates: dict[str, dict]) -> str:
+def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], candidates: dict[str, dict]) -> str:
     """The Markdown table."""
+    model = next(iter(rows.values()))[0]["model"]
     lines = [
         f"# {args.method} on {args.dataset}, IPC {args.ipc}: candidates scored on the validation split",
         "",
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} torch thread(s). Each cell: the mean validation accuracy of {args.num_eval} ConvNets "
+        f"{args.threads} torch thread(s). Each cell: the mean validation accuracy of {args.num_eval} {model} models "
         "trained on the set one seed distils; the test split is not read. Run time: the mean of the runs' phase "
         "times (load, set-up, distillation, evaluation); a candidate's first run also trains its experts when the "
         "cache lacks them.",
@@ -108,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     candidates = dict(candidate(text) for text in args.candidate)
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in candidates}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in candidates}
     for seed in args.seed_list:
         for name, options in candidates.items():
             rows[name].append(score(args, name, options, seed))
