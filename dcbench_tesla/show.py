@@ -34,6 +34,12 @@ MARGIN_PX = 10
 #: Agg refuses images of 2^16 pixels or more in a direction; stay well below.
 MAX_FIGURE_PX = 30000
 MAX_NAME_CHARS = 20
+#: With one image per class, classes run across the page, this many to a line, each name above.
+CLASSES_PER_LINE = 10
+#: Height of the band above each image holding its class name (classes laid out across).
+NAME_BAND_PX = 14
+#: Approximate width of one character of a class name under its image, in pixels.
+NAME_CHAR_PX = 6
 IMAGES_NAME = "images.png"
 CURVES_NAME = "curves.png"
 RUN_SET_NAME = RunDir.SYNTHETIC_SET
@@ -44,15 +50,20 @@ RUN_METRICS_NAME = RunDir.METRICS
 class GridLayout:
     """Where things are in an image-grid PNG (pixel coordinates, origin at the top left).
 
+    Classes are laid out in one of two ways: a row per class with its name on the left (several
+    images per class), or, when each class shows one image, across the page in lines of
+    :data:`CLASSES_PER_LINE` with each name above its image (as the papers print IPC 1).
+
     Attributes:
         path: The PNG written.
-        classes: Class index shown in each row, top to bottom.
-        indices: For each row, the indices (into the set) of the images shown, left to right.
+        classes: The classes shown, in reading order.
+        indices: For each class shown, the indices (into the set) of its images, left to right.
         scale: Integer enlargement of every image (one image pixel = scale x scale PNG pixels).
         cell: (height, width) of one enlarged image in PNG pixels.
-        pitch: (row pitch, column pitch): distance between the top-left corners of neighbours.
-        origin: (y, x) of the top-left pixel of the first image of the first row.
+        pitch: (line pitch, column pitch): distance between the top-left corners of neighbours.
+        origin: (y, x) of the top-left corner of the grid (the first image, or its name band).
         size: (height, width) of the PNG.
+        classes_per_line: None for a row per class; else how many classes run across one line.
     """
 
     path: Path
@@ -63,10 +74,21 @@ class GridLayout:
     pitch: tuple[int, int]
     origin: tuple[int, int]
     size: tuple[int, int]
+    classes_per_line: int | None = None
 
-    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
-        """(y, x) of the top-left PNG pixel of the image in ``row``, ``col``."""
-        return self.origin[0] + row * self.pitch[0], self.origin[1] + col * self.pitch[1]
+    def cell_offset(self, k: int, j: int) -> tuple[int, int]:
+        """(y, x) of image ``j`` of the ``k``-th class shown, relative to :attr:`origin`."""
+        if self.classes_per_line is None:
+            return k * self.pitch[0], j * self.pitch[1]
+        if j != 0:
+            raise IndexError("classes laid out across show one image each")
+        line, place = divmod(k, self.classes_per_line)
+        return NAME_BAND_PX + line * self.pitch[0], place * self.pitch[1]
+
+    def cell_origin(self, k: int, j: int) -> tuple[int, int]:
+        """(y, x) of the top-left PNG pixel of image ``j`` of the ``k``-th class shown."""
+        dy, dx = self.cell_offset(k, j)
+        return self.origin[0] + dy, self.origin[1] + dx
 
 
 def _method_name(syn: SyntheticSet) -> str:
@@ -122,17 +144,87 @@ def display_pixels(pixels: np.ndarray, view: str) -> np.ndarray:
     return np.clip((pixels - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
 
 
+def _plan(syn: SyntheticSet, max_per_class: int, max_classes: int | None, cell: tuple[int, int], soft: bool):
+    """Classes and images shown, the layout mode and the pitch: ``(classes, indices, per_line, pitch)``.
+
+    One image per class lays the classes across (``per_line`` classes to a line); otherwise a row
+    per class. Either way the grid is cut to the lines the renderer allows.
+    """
+    cell_h, cell_w = cell
+    below = GAP_PX + (PROB_BAND_PX if soft else 0)
+    room = MAX_FIGURE_PX - TITLE_PX - 2 * MARGIN_PX
+    limit = max(1, room // (cell_h + below))
+    classes, indices, cols = _pick_rows(syn, max_per_class, limit if max_classes is None else min(max_classes, limit))
+    pitch = (cell_h + below, cell_w + GAP_PX)
+    if cols > 1:
+        return classes, indices, None, pitch
+    per_line = min(CLASSES_PER_LINE, syn.num_classes if max_classes is None else max_classes)
+    pitch = (NAME_BAND_PX + cell_h + below, cell_w + GAP_PX)
+    limit = per_line * max(1, room // pitch[0])
+    classes, indices, _ = _pick_rows(syn, max_per_class, limit if max_classes is None else min(max_classes, limit))
+    return classes, indices, per_line, pitch
+
+
+def _mosaic(layout: GridLayout, pixels: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
+    """The grid's pixels (white between cells): every image enlarged and placed at its cell."""
+    grey = pixels.shape[1] == 1
+    mosaic = np.ones(grid_size if grey else (*grid_size, 3), dtype=np.float32)
+    cell_h, cell_w = layout.cell
+    for k, row in enumerate(layout.indices):
+        for j, i in enumerate(row):
+            img = pixels[i, 0] if grey else pixels[i, :3].transpose(1, 2, 0)
+            if not grey and pixels.shape[1] == 2:  # not a real case; keep it displayable
+                img = np.concatenate([img, np.zeros_like(img[..., :1])], axis=-1)
+            y, x = layout.cell_offset(k, j)
+            mosaic[y : y + cell_h, x : x + cell_w] = np.repeat(np.repeat(img, layout.scale, 0), layout.scale, 1)
+    return mosaic
+
+
+def _subtitle(syn: SyntheticSet, indices: list[list[int]], view: str) -> str:
+    """What the grid shows: how many images and classes, the labels and the pixel mapping."""
+    shown = f"{sum(len(r) for r in indices)} of {len(syn.images)} images"
+    if len(indices) < syn.num_classes:
+        shown += f", first {len(indices)} of {syn.num_classes} classes"
+    undone = "ZCA whitening undone" if syn.preprocessing.kind == "zca" else "mean/std normalisation undone"
+    shown_as = f"mean ± {SIGMA_CLIP:g} std per channel" if view == "sigma" else "pixels clipped to [0, 1]"
+    return f"{shown} · {syn.label_kind} labels · {undone}; {shown_as}"
+
+
+def _label_cells(fig: Any, layout: GridLayout, syn: SyntheticSet, names: list[str]) -> None:
+    """Class names (left of each row, or above each image) and, with soft labels, each image's probability."""
+    height, width = layout.size
+    cell_h, cell_w = layout.cell
+    left = layout.origin[1]
+
+    def text(y_px: float, x_px: float, words: str, **kwargs: Any) -> None:
+        fig.text(x_px / width, 1.0 - y_px / height, words, **kwargs)
+
+    probs = syn.labels.detach().cpu().float().numpy() if syn.label_kind == "soft" else None
+    for k, (cls, row) in enumerate(zip(layout.classes, layout.indices, strict=True)):
+        y, x = layout.cell_origin(k, 0)
+        if layout.classes_per_line is None:
+            text(y + cell_h / 2, left - 6, names[k], ha="right", va="center", fontsize=9)
+        else:
+            text(y - NAME_BAND_PX / 2, x + cell_w / 2, names[k], ha="center", va="center", fontsize=8)
+        if not row:
+            text(y + cell_h / 2, left, "(no images)", ha="left", va="center", fontsize=8, color="0.4")
+        for j, i in enumerate(row if probs is not None else []):
+            y, x = layout.cell_origin(k, j)
+            probability = f"p={float(probs[i, cls]):.2f}"
+            text(y + cell_h + PROB_BAND_PX / 2, x + cell_w / 2, probability, ha="center", va="center", fontsize=7)
+
+
 def image_grid(
     syn: SyntheticSet, path: Path | str, max_per_class: int = 10, max_classes: int | None = None, view: str = "sigma"
 ) -> GridLayout:
-    """Write a PNG grid of the synthetic images: one row per class.
+    """Write a PNG grid of the synthetic images: a row per class, or classes across when each shows one image.
 
-    Each row is labelled with its class name; images are mapped back to pixels with
+    Each class is labelled with its name (left of its row; above its image when classes run
+    across, :data:`CLASSES_PER_LINE` to a line); images are mapped back to pixels with
     ``syn.preprocessing.invert`` (undoing mean/std or ZCA), shown with ``view`` (see
     :data:`VIEWS`), in grey for 1-channel sets, and enlarged without interpolation. With soft
-    labels an image sits in the row of its most probable class and that probability is printed
-    under it. Grids taller than the renderer allows show the first classes only (the subtitle
-    says so).
+    labels an image sits with its most probable class and that probability is printed under it.
+    Grids taller than the renderer allows show the first classes only (the subtitle says so).
 
     Args:
         syn: The synthetic set.
@@ -154,47 +246,31 @@ def image_grid(
     if view not in VIEWS:
         raise UserError(f"--view must be one of {', '.join(VIEWS)}, got {view!r}")
     path = Path(path)
-    n, channels, h, w = syn.images.shape
+    _, _, h, w = syn.images.shape
     scale = max(1, round(CELL_TARGET_PX / max(h, w)))
-    cell_h, cell_w = h * scale, w * scale
-    soft = syn.label_kind == "soft"
-    pitch_y = cell_h + GAP_PX + (PROB_BAND_PX if soft else 0)
-    pitch_x = cell_w + GAP_PX
-
-    max_rows = max(1, (MAX_FIGURE_PX - TITLE_PX - 2 * MARGIN_PX) // pitch_y)
-    limit = max_rows if max_classes is None else min(max_classes, max_rows)
-    classes, indices, cols = _pick_rows(syn, max_per_class, limit)
-    rows = len(classes)
-
-    names = [_short(syn.classes[c]) for c in classes]
-    label_px = min(10 + 7 * max([len(s) for s in names] + [1]), 170)
+    cell = (h * scale, w * scale)
+    classes, indices, per_line, pitch = _plan(syn, max_per_class, max_classes, cell, syn.label_kind == "soft")
+    if per_line is None:
+        names = [_short(syn.classes[c]) for c in classes]
+        label_px = min(10 + 7 * max([len(s) for s in names] + [1]), 170)
+        lines, cols = len(classes), max([len(r) for r in indices] + [1])
+    else:
+        names = [_short(syn.classes[c], max(3, pitch[1] // NAME_CHAR_PX)) for c in classes]
+        label_px = 0
+        lines, cols = -(-len(classes) // per_line), min(per_line, len(classes))
+    grid_size = (lines * pitch[0] - GAP_PX, cols * pitch[1] - GAP_PX)
     title = f"{_method_name(syn)} · {syn.dataset} · IPC {syn.ipc} · iteration {syn.iteration}"
-    shown = f"{sum(len(r) for r in indices)} of {n} images"
-    if rows < syn.num_classes:
-        shown += f", first {rows} of {syn.num_classes} classes"
-    undone = "ZCA whitening undone" if syn.preprocessing.kind == "zca" else "mean/std normalisation undone"
-    shown_as = f"mean ± {SIGMA_CLIP:g} std per channel" if view == "sigma" else "pixels clipped to [0, 1]"
-    subtitle = f"{shown} · {syn.label_kind} labels · {undone}; {shown_as}"
-    grid_w, grid_h = cols * pitch_x - GAP_PX, rows * pitch_y - GAP_PX
-    width = max(MARGIN_PX + label_px + grid_w + MARGIN_PX, 7 * max(len(title), len(subtitle)) + 2 * MARGIN_PX)
-    height = TITLE_PX + grid_h + MARGIN_PX
+    subtitle = _subtitle(syn, indices, view)
+    width = max(2 * MARGIN_PX + label_px + grid_size[1], 7 * max(len(title), len(subtitle)) + 2 * MARGIN_PX)
+    height = TITLE_PX + grid_size[0] + MARGIN_PX
+    left = MARGIN_PX + label_px
+    layout = GridLayout(path, classes, indices, scale, cell, pitch, (TITLE_PX, left), (height, width), per_line)
 
     pixels = display_pixels(syn.preprocessing.invert(syn.images.detach().cpu().float(), clamp=False).numpy(), view)
-    grey = channels == 1
-    mosaic = np.ones((grid_h, grid_w) if grey else (grid_h, grid_w, 3), dtype=np.float32)
-    for r, row in enumerate(indices):
-        for c, i in enumerate(row):
-            img = pixels[i, 0] if grey else pixels[i, :3].transpose(1, 2, 0)
-            if not grey and channels == 2:  # not a real case; keep it displayable
-                img = np.concatenate([img, np.zeros_like(img[..., :1])], axis=-1)
-            big = np.repeat(np.repeat(img, scale, axis=0), scale, axis=1)
-            y, x = r * pitch_y, c * pitch_x
-            mosaic[y : y + cell_h, x : x + cell_w] = big
-
     fig = _new_figure(width, height)
-    left = MARGIN_PX + label_px
+    grey = pixels.shape[1] == 1
     fig.figimage(
-        mosaic,
+        _mosaic(layout, pixels, grid_size),
         xo=left,
         yo=MARGIN_PX,
         origin="upper",
@@ -203,36 +279,11 @@ def image_grid(
         vmax=1.0,
         resize=False,
     )
-
-    def to_fig(y_px: float, x_px: float) -> tuple[float, float]:
-        """Figure fraction of a pixel position given from the top left."""
-        return x_px / width, 1.0 - y_px / height
-
-    fig.text(*to_fig(8, MARGIN_PX), title, ha="left", va="top", fontsize=11, fontweight="bold")
-    fig.text(*to_fig(27, MARGIN_PX), subtitle, ha="left", va="top", fontsize=8.5, color="0.3")
-    probs = syn.labels.detach().cpu().float().numpy() if soft else None
-    for r, (cls, row) in enumerate(zip(classes, indices, strict=True)):
-        y_mid = TITLE_PX + r * pitch_y + cell_h / 2
-        fig.text(*to_fig(y_mid, left - 6), names[r], ha="right", va="center", fontsize=9)
-        if not row:
-            fig.text(*to_fig(y_mid, left), "(no images)", ha="left", va="center", fontsize=8, color="0.4")
-        if probs is not None:
-            for c, i in enumerate(row):
-                y_txt = TITLE_PX + r * pitch_y + cell_h + PROB_BAND_PX / 2
-                x_mid = left + c * pitch_x + cell_w / 2
-                p = float(probs[i, cls])
-                fig.text(*to_fig(y_txt, x_mid), f"p={p:.2f}", ha="center", va="center", fontsize=7)
+    fig.text(MARGIN_PX / width, 1.0 - 8 / height, title, ha="left", va="top", fontsize=11, fontweight="bold")
+    fig.text(MARGIN_PX / width, 1.0 - 27 / height, subtitle, ha="left", va="top", fontsize=8.5, color="0.3")
+    _label_cells(fig, layout, syn, names)
     _save_png(fig, path)
-    return GridLayout(
-        path=path,
-        classes=classes,
-        indices=indices,
-        scale=scale,
-        cell=(cell_h, cell_w),
-        pitch=(pitch_y, pitch_x),
-        origin=(TITLE_PX, left),
-        size=(height, width),
-    )
+    return layout
 
 
 def read_metrics(path: Path | str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from dcbench_tesla.cli import main
 from dcbench_tesla.data import Preprocessing, ZCAState
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.show import image_grid, learning_curves, running_mean
+from dcbench_tesla.show import CLASSES_PER_LINE, NAME_BAND_PX, image_grid, learning_curves, running_mean
 from dcbench_tesla.synthetic import SyntheticSet
 
 TOL = 2.5 / 255  # 8-bit PNG (and the grey colormap's 256-entry table)
@@ -124,6 +124,30 @@ def test_limits_on_images_and_classes(tmp_path):
     assert_cells_match(layout, png, x01)
     with pytest.raises(UserError, match="max-per-class"):
         image_grid(syn, tmp_path / "h.png", max_per_class=0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_one_image_per_class_runs_across_in_lines_of_ten(tmp_path, soft):
+    syn, x01 = make_set(per_class=1, classes=12, soft=soft)
+    layout = image_grid(syn, tmp_path / "ipc1.png", view="raw")
+    png = read_png(tmp_path / "ipc1.png")
+    assert png.shape[:2] == layout.size
+    assert layout.classes_per_line == CLASSES_PER_LINE == 10 and layout.classes == list(range(12))
+    assert_cells_match(layout, png, x01)
+    first, tenth, eleventh = layout.cell_origin(0, 0), layout.cell_origin(9, 0), layout.cell_origin(10, 0)
+    assert tenth == (first[0], first[1] + 9 * layout.pitch[1])  # one line of ten
+    assert eleventh == (first[0] + layout.pitch[0], first[1])  # then the next line, from the left
+    grid_right = first[1] + 10 * layout.pitch[1] - 4
+    assert layout.size[1] - grid_right < 0.5 * layout.size[1]  # no tall column on a wide, mostly white page
+    for k in (0, 11):  # each class's name is drawn in the band above its image
+        y, x = layout.cell_origin(k, 0)
+        band = png[y - NAME_BAND_PX : y, x : x + layout.cell[1]]
+        assert band.min() < 0.5
+    with pytest.raises(IndexError, match="one image each"):
+        layout.cell_origin(0, 1)
+    if soft:  # the probability is printed under each image
+        y, x = layout.cell_origin(0, 0)
+        assert png[y + layout.cell[0] : y + layout.pitch[0] - NAME_BAND_PX, x : x + layout.cell[1]].min() < 0.5
 
 
 def write_metrics(path, lines):
