@@ -9,7 +9,8 @@ A bench directory holds::
 
 Every cell is resolved with :func:`~dcbench_tesla.run.request.resolve` before any cell runs, so a
 bad input stops the bench before it starts. A cell whose ``result.json`` exists is read back, never
-recomputed; a cell with a checkpoint is resumed; any other cell directory is computed again. So
+recomputed, once it is checked to answer the cell as it resolves now (method options and ZCA included:
+a card edited since makes the bench stop and name what changed); a cell with a checkpoint is resumed; any other cell directory is computed again. So
 killing a bench and running the same command again computes only what is missing. Expert
 trajectories are shared between cells by the experts cache (keyed by their config). Cells run as
 tasks of the command's executor (one after another locally, side by side on Ray; see
@@ -353,6 +354,16 @@ def _read_cell(cell: Cell) -> dict[str, Any]:
         "num_models": run.protocol.num_models,
         "epochs": run.protocol.epochs,
     }
+    config = record.get("config") or {}
+    found["zca"], wanted["zca"] = config.get("zca"), run.zca
+    found["seed"], wanted["seed"] = config.get("seed"), run.request.seed
+    # The settings the cell was computed with against what its card and flags resolve to now (a card
+    # changed since, say); an option the record predates is not compared.
+    options = dataclasses.asdict(run.options) if dataclasses.is_dataclass(run.options) else {}
+    now = json.loads(json.dumps(options, default=str))
+    then = config.get("options") or {}
+    for key in sorted(set(now) & set(then)):
+        found[f"option {key}"], wanted[f"option {key}"] = then[key], now[key]
     if found != wanted:
         raise UserError(
             f"{cell.rundir.result} answers another request ({_differences(found, wanted)}); "

@@ -16,7 +16,7 @@ from dcbench_tesla.cli.bench import bench_command as bench
 from dcbench_tesla.cli.bench import request_from_flags
 from dcbench_tesla.data import DATASETS
 from dcbench_tesla.errors import Interrupted
-from dcbench_tesla.method import METHODS, MethodSpec, register_method
+from dcbench_tesla.method import METHODS, ConfigCard, MethodSpec, register_method
 from dcbench_tesla.models import MODELS
 from dcbench_tesla.run import runner
 from dcbench_tesla.run.bench import BenchRequest, plan, run_bench
@@ -236,6 +236,38 @@ def test_a_different_request_into_the_same_directory_is_refused(tmp_path):
     assert replaced.exit_code == 0, replaced.output
     assert json.loads((out / "bench.json").read_text())["request"]["ipcs"] == [2]
     assert (out / "cells" / "random-ipc2" / "result.json").is_file()
+
+
+def _register_dm_with_card(method_id, lr_img):
+    """A DM plugin whose only digits card sets ``lr_img`` (re-registered to stand for an edited card)."""
+    if method_id in METHODS:
+        METHODS.unregister(method_id)
+    register_method(
+        MethodSpec(
+            id=method_id,
+            entry_point="dcbench_tesla_methods.dm_distiller:DistributionMatching",
+            description="test stub: DM with an editable card",
+            config_cards=(ConfigCard("digits", 1, {"iterations": 1, "batch_real": 16, "lr_img": lr_img}),),
+        )
+    )
+
+
+def test_a_cell_computed_with_another_card_is_refused_not_read_back(tmp_path):
+    method_id, out = "bench-card-stub", tmp_path / "b"
+    try:
+        _register_dm_with_card(method_id, 1.0)
+        assert invoke("--methods", method_id, "--ipc", "1", "--output", out, *TINY_FLAGS).exit_code == 0
+        result_file = out / "cells" / f"{method_id}-ipc1" / "result.json"
+        before = result_file.read_bytes()
+        _register_dm_with_card(method_id, 2.0)  # the card changed; the bench's flags did not
+        result = invoke("--methods", method_id, "--ipc", "1", "--output", out, *TINY_FLAGS)
+        assert_user_error(result, "answers another request", "option lr_img: 1.0 there, 2.0 now", "--overwrite")
+        assert result_file.read_bytes() == before  # nothing recomputed or rewritten
+        replaced = invoke("--methods", method_id, "--ipc", "1", "--output", out, "--overwrite", *TINY_FLAGS)
+        assert replaced.exit_code == 0, replaced.output
+        assert json.loads(result_file.read_text())["config"]["options"]["lr_img"] == 2.0
+    finally:
+        METHODS.unregister(method_id)
 
 
 @pytest.mark.parametrize(
