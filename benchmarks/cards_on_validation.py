@@ -40,8 +40,17 @@ def candidate(text: str) -> tuple[str, dict[str, str]]:
     return name, {key: value for key, value in pairs}
 
 
+def _flag(text: str) -> bool:
+    """``true``/``false`` (any case) as a bool."""
+    if text.lower() not in ("true", "false"):
+        raise SystemExit(f"zca must be true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def score(args: argparse.Namespace, name: str, options: dict[str, str], seed: int) -> dict[str, Any]:
-    """One run of a candidate with one seed, scored on validation."""
+    """One run of a candidate with one seed, scored on validation (``zca=true|false`` sets the preprocessing)."""
+    options = dict(options)
+    zca = options.pop("zca", None)
     request = RunRequest(
         method=args.method,
         dataset=args.dataset,
@@ -49,7 +58,8 @@ def score(args: argparse.Namespace, name: str, options: dict[str, str], seed: in
         seed=seed,
         output=Path(args.work) / f"{name}-seed{seed}",
         overwrite=True,
-        options=dict(options),
+        options=options,
+        zca=None if zca is None else _flag(zca),
         num_eval_models=args.num_eval,
         baseline=False,
         real=False,
@@ -99,7 +109,9 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--ipc", type=int, default=1)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--candidate", action="append", required=True, help="NAME=KEY=VALUE,... (NAME= the card)")
+    parser.add_argument(
+        "--candidate", action="append", required=True, help="NAME=KEY=VALUE,... (NAME= the card; zca=true|false too)"
+    )
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="runs/cards-on-validation")
