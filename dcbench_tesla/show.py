@@ -38,8 +38,8 @@ MAX_NAME_CHARS = 20
 CLASSES_PER_LINE = 10
 #: Height of the band above each image holding its class name (classes laid out across).
 NAME_BAND_PX = 14
-#: Approximate width of one character of a class name under its image, in pixels.
-NAME_CHAR_PX = 6
+#: Approximate width of one character of a class name above its image, in pixels.
+NAME_CHAR_PX = 7
 IMAGES_NAME = "images.png"
 CURVES_NAME = "curves.png"
 RUN_SET_NAME = RunDir.SYNTHETIC_SET
@@ -144,7 +144,9 @@ def display_pixels(pixels: np.ndarray, view: str) -> np.ndarray:
     return np.clip((pixels - low) / np.maximum(high - low, 1e-12), 0.0, 1.0)
 
 
-def _plan(syn: SyntheticSet, max_per_class: int, max_classes: int | None, cell: tuple[int, int], soft: bool):
+def _plan(
+    syn: SyntheticSet, max_per_class: int, max_classes: int | None, cell: tuple[int, int], soft: bool
+) -> tuple[list[int], list[list[int]], int | None, tuple[int, int]]:
     """Classes and images shown, the layout mode and the pitch: ``(classes, indices, per_line, pitch)``.
 
     One image per class lays the classes across (``per_line`` classes to a line); otherwise a row
@@ -207,7 +209,8 @@ def _label_cells(fig: Any, layout: GridLayout, syn: SyntheticSet, names: list[st
         else:
             text(y - NAME_BAND_PX / 2, x + cell_w / 2, names[k], ha="center", va="center", fontsize=8)
         if not row:
-            text(y + cell_h / 2, left, "(no images)", ha="left", va="center", fontsize=8, color="0.4")
+            empty = "(no images)" if layout.classes_per_line is None else "(none)"  # "(none)" fits one cell
+            text(y + cell_h / 2, x, empty, ha="left", va="center", fontsize=8, color="0.4")
         for j, i in enumerate(row if probs is not None else []):
             y, x = layout.cell_origin(k, j)
             probability = f"p={float(probs[i, cls]):.2f}"
