@@ -149,11 +149,12 @@ class Distiller(abc.ABC):
         return []
 
     def estimate_work(self, dataset: Dataset, ipc: int, *, cached: bool = True) -> dict[str, float]:
-        """The work of each phase of an episode, in image-steps (one forward + backward of one image).
+        """The work of each phase of an episode, in image-steps.
 
-        The run header turns these into time estimates, and a phase far above the dataset's config
-        cards asks for ``--yes``. ``cached=True`` counts work already done and cached (e.g.
-        trained experts) as zero. Called after construction, before ``reset``.
+        An image-step is one forward + backward of one image through the dataset's default model. The
+        run header turns these into time estimates, and a phase far above the dataset's config cards
+        asks for ``--yes``. ``cached=True`` counts work already done and cached (e.g. trained experts)
+        as zero. Called after construction, before ``reset``.
 
         Returns:
             ``{phase name: image-steps}``; empty when the method does not say.

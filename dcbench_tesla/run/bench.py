@@ -10,8 +10,9 @@ A bench directory holds::
 Every cell is resolved with :func:`~dcbench_tesla.run.request.resolve` before any cell runs, so a
 bad input stops the bench before it starts. A cell whose ``result.json`` exists is read back, never
 recomputed, once it is checked to answer the cell as it resolves now (method options and ZCA included:
-a card edited since makes the bench stop and name what changed); a cell with a checkpoint is resumed; any other cell directory is computed again. So
-killing a bench and running the same command again computes only what is missing. Expert
+a card edited since makes the bench stop and name what changed); a cell with a checkpoint is resumed;
+any other cell directory is computed again. So killing a bench and running the same command again
+computes only what is missing. Expert
 trajectories are shared between cells by the experts cache (keyed by their config). Cells run as
 tasks of the command's executor (one after another locally, side by side on Ray; see
 :func:`run_cells`), with their logs in ``logs/<cell>.log``.

@@ -1,9 +1,10 @@
 """Cost before work: how long each phase of a run should take, and whether it is far above the cards.
 
-Methods report the work of their phases in image-steps (one forward + backward of one image, see
-``Distiller.estimate_work``); evaluation's work is counted here. A short calibration (a few SGD
-steps of the evaluation architecture on this machine) turns image-steps into seconds. The figures
-are estimates, printed as such.
+Methods report the work of their phases in image-steps (one forward + backward of one image of the
+dataset's default model, see ``Distiller.estimate_work``); evaluation's work is counted here, per
+architecture. A short calibration (a few SGD steps of each architecture on this machine) turns
+image-steps into seconds: a ResNet-18 step can cost ten ConvNet steps. The figures are estimates,
+printed as such.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ def seconds_per_image_step(model_name: str, dataset: Any, device: Any) -> float:
     return sorted(times[1:])[len(times[1:]) // 2] / x.shape[0]
 
 
-def whole_pool_work(run: Any, dataset: Any) -> float:
-    """Image-steps of evaluating the whole training pool (K models x epochs x pool, per architecture)."""
-    return float(len(run.models) * run.protocol.num_models * run.protocol.epochs * dataset.train_images.shape[0])
+def calibrate(models: list[str], dataset: Any, device: Any) -> dict[str, float]:
+    """Seconds per image-step of each architecture in ``models`` here (one short calibration each)."""
+    return {name: seconds_per_image_step(name, dataset, device) for name in dict.fromkeys(models)}
 
 
-def evaluation_work(run: Any, dataset: Any, real: bool) -> dict[str, float]:
-    """Image-steps of the evaluations: K models x epochs x images, per architecture, for each set evaluated.
+def whole_pool_work(run: Any, dataset: Any) -> dict[str, float]:
+    """Image-steps of evaluating the whole training pool, per architecture (K models x epochs x pool)."""
+    per_model = run.protocol.num_models * run.protocol.epochs * dataset.train_images.shape[0]
+    return {name: float(per_model) for name in run.models}
+
+
+def evaluation_work(run: Any, dataset: Any, real: bool) -> dict[str, dict[str, float]]:
+    """Image-steps of the evaluations, per phase and architecture: K models x epochs x images per set evaluated.
 
     Counts the set, its hard-label twin (soft sets), the random subset under both label rules, and
     the whole training pool when ``real`` and not cached.
@@ -60,15 +67,32 @@ def evaluation_work(run: Any, dataset: Any, real: bool) -> dict[str, float]:
     from dcbench_tesla.evaluation import whole_pool_cached
 
     request, protocol = run.request, run.protocol
-    per_set = len(run.models) * protocol.num_models * protocol.epochs * dataset.num_classes * request.ipc
+    per_set = protocol.num_models * protocol.epochs * dataset.num_classes * request.ipc
     sets = 1 + (2 if request.baseline and not run.spec.is_baseline else 0)
-    work = {"evaluation": float(per_set * sets)}
+    work = {"evaluation": {name: float(per_set * sets) for name in run.models}}
     split = request.eval_split
     if real and not whole_pool_cached(
         dataset, run.models, protocol, request.seed, split=split, cache_dir=request.cache_dir
     ):
         work["whole pool (hard labels, cached after)"] = whole_pool_work(run, dataset)
     return work
+
+
+def seconds(work: dict[str, float], step_seconds: dict[str, float]) -> float:
+    """Seconds of ``{architecture: image-steps}`` at each architecture's calibrated speed."""
+    return sum(units * step_seconds[name] for name, units in work.items())
+
+
+def phase_seconds(
+    method_work: dict[str, float],
+    evaluation: dict[str, dict[str, float]],
+    step_seconds: dict[str, float],
+    default_model: str,
+) -> dict[str, float]:
+    """Estimated seconds of every phase: the method's at ``default_model``'s speed, evaluation's per architecture."""
+    estimates = {phase: units * step_seconds[default_model] for phase, units in method_work.items()}
+    estimates.update({phase: seconds(per_model, step_seconds) for phase, per_model in evaluation.items()})
+    return estimates
 
 
 def card_work(run: Any, dataset: Any, context: Any) -> dict[str, float]:

@@ -197,8 +197,13 @@ def evaluate(
     )
 
 
-def header(run: ResolvedRun, dataset: Dataset, distiller: Distiller, work: dict[str, float], step_s: float) -> str:
-    """What the run will do, printed before any work: method, card, changed options, output, estimates."""
+def header(
+    run: ResolvedRun, dataset: Dataset, distiller: Distiller, seconds: dict[str, float], step_s: dict[str, float]
+) -> str:
+    """What the run will do, printed before any work: method, card, changed options, output, estimates.
+
+    ``seconds`` holds each phase's estimate; ``step_s`` each architecture's calibrated seconds per image-step.
+    """
     request = run.request
     lines = [f"{request.method} on {request.dataset}, IPC {request.ipc}, seed {request.seed} -> {run.rundir}"]
     card = run.card
@@ -220,22 +225,25 @@ def header(run: ResolvedRun, dataset: Dataset, distiller: Distiller, work: dict[
         f"  evaluation: {protocol.name}, {protocol.num_models} model(s) x {protocol.epochs} epochs on "
         f"{', '.join(run.models)}; {len(dataset.train_images)} training images"
     )
-    if work:
-        parts = [f"{phase} ~{estimate.human_seconds(units * step_s)}" for phase, units in work.items() if units]
+    if seconds:
+        parts = [f"{phase} ~{estimate.human_seconds(s)}" for phase, s in seconds.items() if s]
+        speeds = ", ".join(f"{name} {1000 * s:.3f}" for name, s in step_s.items())
         lines.append(
-            f"  estimated time: {', '.join(parts) or 'nothing to compute'} (calibrated here: "
-            f"{1000 * step_s:.3f} ms per image-step; an estimate)"
+            f"  estimated time: {', '.join(parts) or 'nothing to compute'} (calibrated here, ms per image-step: "
+            f"{speeds}; an estimate)"
         )
     return "\n".join(lines)
 
 
-def check_cost(run: ResolvedRun, dataset: Dataset, work: dict[str, float], step_s: float, context: RunContext) -> None:
-    """Ask for ``--yes`` when a phase is far above what the dataset's cards ask for."""
+def check_cost(
+    run: ResolvedRun, dataset: Dataset, work: dict[str, float], seconds: dict[str, float], context: RunContext
+) -> None:
+    """Ask for ``--yes`` when a phase of the method (``work``, image-steps) is far above the dataset's cards."""
     name = run.request.dataset
     far = estimate.far_above_cards(work, estimate.card_work(run, dataset, context))
     if far:
         what = "; ".join(
-            f"{phase} ~{estimate.human_seconds(work[phase] * step_s)} ({ratio:.0f}x the largest card of {name})"
+            f"{phase} ~{estimate.human_seconds(seconds[phase])} ({ratio:.0f}x the largest card of {name})"
             for phase, ratio in far.items()
         )
         estimate.confirm_or_refuse(f"this run costs far more than the config cards of {name}: {what}", run.request.yes)
@@ -256,16 +264,18 @@ def run(target: RunRequest | ResolvedRun) -> ResultRecord:
     context = run_context(run)
     distiller = build_distiller(run.spec, run.options, context)
     real = real_pool_wanted(run, dataset)
-    work = {**distiller.estimate_work(dataset, request.ipc), **estimate.evaluation_work(run, dataset, real)}
-    step_s = estimate.seconds_per_image_step(run.models[0], dataset, run.device)
-    print(header(run, dataset, distiller, work, step_s), flush=True)
+    work = distiller.estimate_work(dataset, request.ipc)
+    step_s = estimate.calibrate([run.dataset.default_model, *run.models], dataset, run.device)
+    eval_work = estimate.evaluation_work(run, dataset, real)
+    seconds = estimate.phase_seconds(work, eval_work, step_s, run.dataset.default_model)
+    print(header(run, dataset, distiller, seconds, step_s), flush=True)
     if not real and request.real is None:
-        pool = estimate.whole_pool_work(run, dataset) * step_s
+        pool = estimate.seconds(estimate.whole_pool_work(run, dataset), step_s)
         print(
             f"  no HLR/DDRS: the whole training pool with hard labels is not cached yet; --real computes it once "
             f"(~{estimate.human_seconds(pool)}), then every run on this data reads it back"
         )
-    check_cost(run, dataset, work, step_s, context)
+    check_cost(run, dataset, work, seconds, context)
     run.rundir.open(run.resumes)
     try:
         return _distil_evaluate_record(run, dataset, distiller, phases)

@@ -72,6 +72,28 @@ def test_the_random_baseline_is_trained_with_the_protocols_lr(tmp_path):
     assert not (out / "checkpoint.safetensors").exists()  # a finished run keeps its result and set
 
 
+def test_the_estimate_times_each_evaluation_architecture_at_its_own_speed(digits, tmp_path):
+    from dcbench_tesla.run import estimate
+
+    models = ["convnet", "resnet18"]
+    run = resolve(
+        RunRequest(method="dm", dataset="digits", ipc=1, eval_models=models, num_eval_models=2, eval_epochs=3)
+    )
+    work = estimate.evaluation_work(run, digits, real=False)
+    per_model = 2 * 3 * 10 * 3  # K models x epochs x images, for the set and the random subset under two rules
+    assert work == {"evaluation": {"convnet": per_model, "resnet18": per_model}}
+    speeds = {"convnet": 1e-3, "resnet18": 1e-2}  # stand-in calibrations: a ResNet step at ten ConvNet steps
+    seconds = estimate.phase_seconds({"distillation": 500.0}, work, speeds, "convnet")
+    assert seconds == {"distillation": 0.5, "evaluation": pytest.approx(per_model * 1e-3 + per_model * 1e-2)}
+    assert set(estimate.calibrate(["convnet", *models], digits, run.device)) == {"convnet", "resnet18"}
+
+    result = invoke(
+        "run", "--method", "random", "--ipc", "1", "--eval-models", ",".join(models), "--output", tmp_path / "r", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert "ms per image-step: convnet " in result.output and ", resnet18 " in result.output  # each one calibrated
+
+
 def _default_ctrl_c():
     """In the child: Python's default SIGINT handler (an xdist worker ignores SIGINT, and a child inherits that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
