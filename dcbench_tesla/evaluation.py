@@ -18,7 +18,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,22 @@ def _model_seed(seed: int, model_index: int) -> int:
     return (seed * 1_000_003 + model_index * 7919) % (2**31)
 
 
+@contextmanager
+def global_rng_from(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators from ``seed`` for the block, and restore them afterwards.
+
+    Training draws batch orders and augmentations from its own generator, but a layer that draws from
+    the global generators (dropout: the ViT) would otherwise depend on whatever the process ran before
+    it (the models trained earlier, a Ray worker's earlier task), so the same seed gave other numbers.
+    """
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((seed * 2_654_435_761 + 97) % 2**63)  # a stream apart from the initialisation's
+        yield
+
+
 def _fresh_model(model_name: str, dataset: Dataset, seed: int, device: torch.device) -> torch.nn.Module:
     """A freshly initialised model of ``model_name`` for ``dataset``, its initialisation drawn from ``seed``."""
     c, h, _ = dataset.image_shape
@@ -157,13 +174,14 @@ def train_model(
     decay_epoch = math.floor(protocol.epochs * protocol.decay_at)
     images, labels = images.to(device), labels.to(device)
     model.train()
-    for epoch in range(protocol.epochs):
-        if epoch == decay_epoch:
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.1
-        train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
-        if on_epoch is not None:
-            on_epoch()
+    with global_rng_from(seed, device):
+        for epoch in range(protocol.epochs):
+            if epoch == decay_epoch:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
+            train_one_epoch(model, optimizer, images, labels, protocol.batch_size, augment, generator, device)
+            if on_epoch is not None:
+                on_epoch()
     return model
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from dcbench_tesla.data import Dataset
 from dcbench_tesla.data.augment import DSA
 from dcbench_tesla.errors import UserError
-from dcbench_tesla.evaluation import test_accuracy, train_one_epoch
+from dcbench_tesla.evaluation import global_rng_from, test_accuracy, train_one_epoch
 from dcbench_tesla.executors import Task, TaskFailures, current_executor, device_here
 from dcbench_tesla.experts.config import (
     ExpertConfig,
@@ -92,16 +92,17 @@ def train_one_expert(
     if device.type != "cpu" and images.numel() * images.element_size() <= _RESIDENT_BYTES:
         images, labels = images.to(device), labels.to(device)
     model.train()
-    for epoch in range(config.epochs):
-        train_one_epoch(model, optimizer, images, labels, config.batch_size, augment, generator, device)
-        if on_epoch is not None:
-            on_epoch()
-        snapshot = flat.flatten().float().cpu()
-        if not bool(torch.isfinite(snapshot).all()):
-            raise UserError(
-                f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; lower --lr"
-            )
-        trajectory[epoch + 1] = snapshot
+    with global_rng_from(seed, device):  # dropout's masks, if the model has any, from the expert's seed
+        for epoch in range(config.epochs):
+            train_one_epoch(model, optimizer, images, labels, config.batch_size, augment, generator, device)
+            if on_epoch is not None:
+                on_epoch()
+            snapshot = flat.flatten().float().cpu()
+            if not bool(torch.isfinite(snapshot).all()):
+                raise UserError(
+                    f"expert {index} diverged in epoch {epoch + 1} (NaN/inf parameters) with lr {config.lr}; lower --lr"
+                )
+            trajectory[epoch + 1] = snapshot
     if not dataset.has_validation:
         return trajectory, None
     return trajectory, test_accuracy(model, dataset, _TEST_BATCH, device, split="val")

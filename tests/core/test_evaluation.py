@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,29 @@ def test_evaluate_images_gives_the_same_accuracies_together_as_one_after_another
     assert len(result.accuracies) == protocol.num_models
     for together_accuracy, alone_accuracy in zip(result.accuracies, alone, strict=True):
         assert abs(together_accuracy - alone_accuracy) <= one_image + 1e-12
+
+
+def test_a_model_with_dropout_trains_from_its_seed_whatever_ran_before(digits, protocol):
+    """The ViT draws dropout masks from torch's global generators: its training must depend on its seed only."""
+    images, labels = random_real_subset(digits, 1, seed=0)
+    one_model = protocol.replace(num_models=1, epochs=2)
+    state = torch.get_rng_state()
+    first = train_model("vit", images, labels, digits, 0.01, one_model, 3, CPU)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's global stream is left where it was
+    torch.rand(1000)  # something else ran in between (another model, a worker's earlier task)
+    again = train_model("vit", images, labels, digits, 0.01, one_model, 3, CPU)
+    assert torch.equal(_parameters(first), _parameters(again))
+    other = train_model("vit", images, labels, digits, 0.01, one_model, 4, CPU)
+    assert not torch.equal(_parameters(first), _parameters(other))
+
+
+def test_an_expert_with_dropout_trains_from_its_seed_whatever_ran_before(digits):
+    from dcbench_tesla.experts import ExpertConfig
+    from dcbench_tesla.experts.training import train_one_expert
+
+    small = dataclasses.replace(digits, train_images=digits.train_images[:64], train_labels=digits.train_labels[:64])
+    config = ExpertConfig(dataset="digits", model="vit", num_experts=1, epochs=1, batch_size=32)
+    first, _ = train_one_expert(small, config, 0, CPU)
+    torch.rand(1000)
+    again, _ = train_one_expert(small, config, 0, CPU)
+    assert torch.equal(first, again) and not torch.equal(first[0], first[1])
